@@ -96,9 +96,7 @@ class TransitionConflict(OccoordError):
         self.actual = actual
 
     def __str__(self) -> str:
-        return (
-            f"task {self.task}: expected state {self.expected}, found {self.actual or 'no state file'}"
-        )
+        return f"task {self.task}: expected state {self.expected}, found {self.actual or 'no state file'}"
 
 
 class ConfigError(OccoordError):

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from occoord.errors import IllegalTransition
 
-__all__ = ["Actor", "TaskState", "TRANSITIONS", "check_transition", "allowed_targets"]
+__all__ = ["TRANSITIONS", "Actor", "TaskState", "allowed_targets", "check_transition"]
 
 
 class TaskState(StrEnum):
