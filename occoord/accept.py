@@ -74,7 +74,11 @@ def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
         if not os.path.lexists(path):
             return AcceptOutcome("gone", path)
         run_id = spool.new_run_id(path.stem)
-        staging = spool.build_run(run_id, manifest, name)
+        try:
+            staging = spool.build_run(run_id, manifest, name)
+        except BaseException:
+            shutil.rmtree(spool.runs / f".{run_id}.partial", ignore_errors=True)
+            raise
         try:
             move_noclobber(path, staging / f"manifest.{path.suffix.lstrip('.').lower()}")
         except FileNotFoundError:

@@ -69,7 +69,8 @@ class Event:
 
 
 def append_event(run_dir: Path, event: Event, *, durable: bool = True) -> None:
-    line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+    # ensure_ascii: file names may hold undecodable bytes (surrogates), which UTF-8 cannot encode.
+    line = json.dumps(event.to_json(), separators=(",", ":")) + "\n"
     append_line(run_dir / EVENTS_FILE, line.encode("utf-8"), durable=durable)
 
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install occoord with its test tools (and the pinned real OpenCode server) and run every check:
+# ruff format, ruff lint, mypy, pytest. Extra arguments go to pytest.
+source "$(dirname "$0")/_env.sh"
+cd "$ROOT"
+
+stage_start "install occoord + test tools"
+install_occoord "[test]"
+stage_end
+
+if [ "${OCCOORD_SKIP_OPENCODE:-0}" != "1" ] && [ -x contrib/install-opencode.sh ]; then
+  stage_start "install the pinned opencode-ai (real server for e2e tests)"
+  OCCOORD_OPENCODE_BIN="$(contrib/install-opencode.sh | tail -n 1)"
+  export OCCOORD_OPENCODE_BIN
+  echo "opencode: $OCCOORD_OPENCODE_BIN"
+  stage_end
+fi
+
+stage_start "ruff format --check"
+"$VENV/bin/ruff" format --check occoord tests
+stage_end
+
+stage_start "ruff check"
+"$VENV/bin/ruff" check occoord tests
+stage_end
+
+stage_start "mypy"
+"$VENV/bin/mypy" occoord
+stage_end
+
+stage_start "pytest"
+"$VENV/bin/pytest" -p no:cacheprovider --durations=15 "$@"
+stage_end

@@ -1,0 +1,191 @@
+"""Accepting and rejecting manifests, crash recovery of half-built runs, and the spool's layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from spoolkit import make_manifest, new_run
+
+from occoord.errors import SpoolError
+from occoord.journal import read_events
+from occoord.names import parse_run_id
+from occoord.spool import Spool
+from occoord.state import TaskState
+
+
+def test_layout_is_private_and_versioned(spool: Spool) -> None:
+    for sub in ("incoming", "tmp", "runs", "rejected"):
+        assert stat.S_IMODE((spool.root / sub).stat().st_mode) == 0o700
+    assert (spool.root / "PROTOCOL").read_text() == "occoord-spool 1\n"
+    run = new_run(spool, ["a"])
+    assert stat.S_IMODE(run.dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(run.tasks.path("a", TaskState.QUEUED).stat().st_mode) == 0o600
+
+
+def test_other_protocol_version_is_refused(spool: Spool) -> None:
+    (spool.root / "PROTOCOL").write_text("occoord-spool 2\n")
+    with pytest.raises(SpoolError, match="occoord-spool 2"):
+        Spool(spool.root).init()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (/dev/shm)")
+def test_tmp_on_another_filesystem_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    root.mkdir()
+    elsewhere = Path("/dev/shm") / f"occoord-test-{os.getpid()}"
+    elsewhere.mkdir()
+    try:
+        (root / "tmp").symlink_to(elsewhere)
+        if os.stat(elsewhere).st_dev == os.stat(root).st_dev:
+            pytest.skip("/dev/shm is on the same filesystem here")
+        with pytest.raises(SpoolError, match="another filesystem"):
+            Spool(root).init()
+    finally:
+        elsewhere.rmdir()
+
+
+def test_accept_moves_the_manifest_and_queues_every_task(spool: Spool) -> None:
+    path = spool.incoming / "build plan.json"
+    path.write_bytes(make_manifest(["a", "b"]))
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "accepted" and outcome.run_id
+    assert parse_run_id(outcome.run_id) is not None
+    assert outcome.run_id.endswith("-build_plan")
+    run = spool.run(outcome.run_id)
+    assert not path.exists()
+    assert json.loads((run.dir / "manifest.json").read_bytes())["tasks"][0]["id"] == "a"
+    assert sorted(os.listdir(run.tasks.dir)) == [".lock", "a.queued", "b.queued"] or sorted(
+        n for n in os.listdir(run.tasks.dir) if not n.startswith(".")
+    ) == ["a.queued", "b.queued"]
+    events = list(read_events(run.dir))
+    assert [e.target for e in events if e.kind == "transition"] == ["queued", "queued"]
+
+
+def test_same_name_same_second_gets_a_suffix(spool: Spool) -> None:
+    ids = []
+    for _ in range(3):
+        path = spool.incoming / "x.yaml"
+        path.write_text("tasks:\n  - id: a\n    prompt: hi\n")
+        ids.append(spool.accept(path, settled=True).run_id)
+    assert len(set(ids)) == 3
+    assert ids == sorted(ids) or len({i.rsplit("-", 1)[0] for i in ids}) <= 3
+
+
+def test_unsettled_files_are_left_for_later_even_if_invalid(spool: Spool) -> None:
+    path = spool.incoming / "half.json"
+    path.write_bytes(make_manifest(["a"])[:15])  # a cp caught mid-copy
+    assert spool.accept(path, settled=False).kind == "not_ready"
+    assert path.exists() and os.listdir(spool.rejected) == []
+    path.write_bytes(make_manifest(["a"]))  # the copy finishes
+    assert spool.accept(path, settled=True).kind == "accepted"
+
+
+def test_invalid_manifest_is_rejected_with_its_reason_beside_it(spool: Spool) -> None:
+    path = spool.incoming / "bad.json"
+    path.write_bytes(b'{"tasks": [{"id": "a", "prompt": "x", "depends_on": ["lint"]}]}')
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "rejected"
+    assert outcome.path.read_bytes().startswith(b'{"tasks"')
+    error = outcome.path.with_name(outcome.path.name + ".error").read_text()
+    assert "tasks[0].depends_on: unknown task 'lint'" in error
+
+
+@pytest.mark.parametrize("name", ["a.txt", "noext"])
+def test_unsupported_extensions_are_rejected(spool: Spool, name: str) -> None:
+    (spool.incoming / name).write_bytes(make_manifest(["a"]))
+    outcome = spool.accept(spool.incoming / name, settled=True)
+    assert outcome.kind == "rejected" and "unsupported extension" in outcome.reason
+
+
+@pytest.mark.parametrize("name", [".hidden.json", "x.json.tmp", "x.json~", "x.swp", "x.json.part"])
+def test_writers_temporary_names_are_ignored(spool: Spool, name: str) -> None:
+    (spool.incoming / name).write_bytes(make_manifest(["a"]))
+    assert spool.accept(spool.incoming / name, settled=True).kind == "ignored"
+    assert spool.incoming_files() == []
+
+
+def test_symlinks_are_rejected_without_following_them(spool: Spool, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.json"
+    outside.write_bytes(make_manifest(["a"]))
+    (spool.incoming / "link.json").symlink_to(outside)
+    (spool.incoming / "zero.json").symlink_to("/dev/zero")
+    for name in ("link.json", "zero.json"):
+        outcome = spool.accept(spool.incoming / name, settled=True)
+        assert outcome.kind == "rejected" and "symbolic link" in outcome.reason
+        assert outcome.path.is_symlink()
+    assert outside.exists()
+
+
+def test_fifos_and_directories_are_left_alone(spool: Spool) -> None:
+    os.mkfifo(spool.incoming / "pipe.json")
+    (spool.incoming / "dir.json").mkdir()
+    for name in ("pipe.json", "dir.json"):
+        assert spool.accept(spool.incoming / name, settled=True).kind == "ignored"
+        assert os.path.lexists(spool.incoming / name)
+
+
+def test_non_utf8_file_names_are_handled(spool: Spool) -> None:
+    raw = os.fsencode(spool.incoming) + b"/caf\xe9.json"
+    with open(raw, "wb") as fh:
+        fh.write(make_manifest(["a"]))
+    [path] = spool.incoming_files()
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "accepted" and outcome.run_id and outcome.run_id.endswith("-caf_")
+
+
+def test_oversize_manifest_is_rejected(spool: Spool) -> None:
+    path = spool.incoming / "big.json"
+    path.write_bytes(b" " * (2 << 20))
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "rejected" and "over the limit" in outcome.reason
+
+
+def test_submit_goes_through_tmp_and_never_clobbers(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "plan.json"
+    src.write_bytes(make_manifest(["a"]))
+    first, second = spool.submit(src), spool.submit(src)
+    assert first.name == "plan.json" and second.name == "plan-2.json"
+    assert os.listdir(spool.tmp) == []
+
+
+def test_crash_after_claiming_the_manifest_returns_it_to_incoming(spool: Spool) -> None:
+    path = spool.incoming / "plan.json"
+    path.write_bytes(make_manifest(["a", "b"]))
+    run_id = spool.new_run_id("plan")
+    staging = spool.build_run(run_id, __import__("occoord.manifest").manifest.load_manifest(path), "plan.json")
+    os.rename(path, staging / "manifest.json")  # ... and the process died here
+    repairs = spool.recover()
+    assert any("returned plan.json" in r for r in repairs)
+    assert os.listdir(spool.runs) == [] and (spool.incoming / "plan.json").exists()
+    assert spool.accept(spool.incoming / "plan.json", settled=True).kind == "accepted"
+
+
+def test_crash_before_claiming_removes_the_staging_dir(spool: Spool) -> None:
+    path = spool.incoming / "plan.json"
+    path.write_bytes(make_manifest(["a"]))
+    spool.build_run(spool.new_run_id("plan"), __import__("occoord.manifest").manifest.load_manifest(path),
+                    "plan.json")
+    spool.recover()
+    assert os.listdir(spool.runs) == [] and path.exists()
+
+
+def test_recover_cleans_only_old_temp_files(spool: Spool) -> None:
+    old, new = spool.tmp / ".old.tmp", spool.tmp / ".new.tmp"
+    old.write_text("x")
+    new.write_text("y")
+    os.utime(old, (1, 1))
+    spool.recover()
+    assert not old.exists() and new.exists()
+
+
+def test_run_finished_when_every_task_is_terminal(spool: Spool) -> None:
+    run = new_run(spool, ["a", "b"])
+    run.signal("a", TaskState.DONE)
+    assert not run.finished()
+    run.signal("b", TaskState.FAILED, "nope")
+    assert run.finished()
+    assert run.tasks.read("b") is not None and run.tasks.read("b").reason == "nope"  # type: ignore[union-attr]
