@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from occoord import __version__
+from occoord.cli_common import open_spool, spool_option
+from occoord.cli_run import cancel, retry, run, simulate, watch
 from occoord.errors import (
     ConfigError,
     IllegalTransition,
@@ -25,33 +25,11 @@ from occoord.errors import (
     TransitionConflict,
 )
 from occoord.manifest import load_manifest
-from occoord.spool import Spool
 from occoord.state import TaskState
 
 __all__ = ["cli", "main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ManifestError, NotFound, IllegalTransition, TransitionConflict, ConfigError)
-
-
-def spool_option(func: F) -> F:
-    """Every subcommand takes ``--spool`` (env OCCOORD_SPOOL, default ./spool)."""
-    return click.option(
-        "--spool",
-        "spool_dir",
-        envvar="OCCOORD_SPOOL",
-        default="spool",
-        show_default=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Spool directory (env OCCOORD_SPOOL).",
-    )(func)
-
-
-def open_spool(spool_dir: Path, *, create: bool = True) -> Spool:
-    spool = Spool(spool_dir)
-    if not create:
-        spool.check()
-    return spool.init()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -164,6 +142,10 @@ def status(spool_dir: Path, run_id: str | None, as_json: bool) -> None:
 
     spool = open_spool(spool_dir, create=False)
     print_status(spool, run_id, as_json)
+
+
+for _command in (watch, run, cancel, retry, simulate):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,19 +84,35 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """The resolved manifest (what ``run.json`` stores as the plan); itself a valid manifest."""
-        hooks = {k: list(v) for k, v in (("on_task_end", self.hooks.on_task_end),
-                                          ("on_run_end", self.hooks.on_run_end)) if v}
+        hooks = {
+            k: list(v)
+            for k, v in (("on_task_end", self.hooks.on_task_end), ("on_run_end", self.hooks.on_run_end))
+            if v
+        }
         tasks = []
         for t in self.tasks:
-            task: dict[str, Any] = {"id": t.id, "prompt": t.prompt, "role": t.role,
-                                    "description": t.description, "depends_on": list(t.depends_on),
-                                    "retries": t.retries}
-            optional = {"agent": t.agent, "model": str(t.model) if t.model else None,
-                        "directory": t.directory, "timeout": t.timeout}
+            task: dict[str, Any] = {
+                "id": t.id,
+                "prompt": t.prompt,
+                "role": t.role,
+                "description": t.description,
+                "depends_on": list(t.depends_on),
+                "retries": t.retries,
+            }
+            optional = {
+                "agent": t.agent,
+                "model": str(t.model) if t.model else None,
+                "directory": t.directory,
+                "timeout": t.timeout,
+            }
             task.update({k: v for k, v in optional.items() if v is not None})
             tasks.append(task)
-        out: dict[str, Any] = {"version": self.version, "name": self.name,
-                               "concurrency": self.concurrency, "tasks": tasks}
+        out: dict[str, Any] = {
+            "version": self.version,
+            "name": self.name,
+            "concurrency": self.concurrency,
+            "tasks": tasks,
+        }
         if hooks:
             out["hooks"] = hooks
         return out

@@ -50,8 +50,10 @@ def test_many_processes_move_one_task_exactly_one_wins(spool: Spool) -> None:
     racers = 6
     barrier = CTX.Barrier(racers)
     out = CTX.Queue()
-    procs = [CTX.Process(target=_racer, args=(str(spool.root), run.id, tasks, i, barrier, out))
-             for i in range(racers)]
+    procs = [
+        CTX.Process(target=_racer, args=(str(spool.root), run.id, tasks, i, barrier, out))
+        for i in range(racers)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]

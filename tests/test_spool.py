@@ -156,7 +156,9 @@ def test_crash_after_claiming_the_manifest_returns_it_to_incoming(spool: Spool) 
     path = spool.incoming / "plan.json"
     path.write_bytes(make_manifest(["a", "b"]))
     run_id = spool.new_run_id("plan")
-    staging = spool.build_run(run_id, __import__("occoord.manifest").manifest.load_manifest(path), "plan.json")
+    staging = spool.build_run(
+        run_id, __import__("occoord.manifest").manifest.load_manifest(path), "plan.json"
+    )
     os.rename(path, staging / "manifest.json")  # ... and the process died here
     repairs = spool.recover()
     assert any("returned plan.json" in r for r in repairs)
@@ -167,8 +169,9 @@ def test_crash_after_claiming_the_manifest_returns_it_to_incoming(spool: Spool) 
 def test_crash_before_claiming_removes_the_staging_dir(spool: Spool) -> None:
     path = spool.incoming / "plan.json"
     path.write_bytes(make_manifest(["a"]))
-    spool.build_run(spool.new_run_id("plan"), __import__("occoord.manifest").manifest.load_manifest(path),
-                    "plan.json")
+    spool.build_run(
+        spool.new_run_id("plan"), __import__("occoord.manifest").manifest.load_manifest(path), "plan.json"
+    )
     spool.recover()
     assert os.listdir(spool.runs) == [] and path.exists()
 

@@ -1,0 +1,303 @@
+"""An async client for the few OpenCode server routes a coordinator needs.
+
+Every httpx exception and every non-2xx answer is mapped here, once, into occoord's error tree:
+transport failures and server-side 5xx become :class:`ServerUnavailable`, any other error status an
+:class:`ApiError` carrying the server's ``{name, data: {message}}``. Callers never see httpx errors.
+
+Retries are deliberately asymmetric. Reads and idempotent writes (abort, delete, dispose, replies) are
+retried on transport errors and 5xx. Creating a session and sending a prompt are retried only when the
+request provably never left (connect failure): after a read timeout the server may have acted, and a
+blind retry would create a second session or run the prompt twice. The caller reconciles instead
+(``find_sessions`` by title, ``messages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from occoord.errors import ApiError, ServerUnavailable
+
+from .models import Health, Message, ModelRef, Session, SessionStatus
+
+__all__ = ["OpenCodeClient"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Exceptions raised before a single byte of the request reached the server: always safe to retry.
+_NOT_SENT: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    """Pull ``(name, message)`` out of an error body; tolerate the other shapes the server uses."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return "", (text[:300] if text else response.reason_phrase)
+    if isinstance(body, Mapping):
+        name = body.get("name") or body.get("_tag") or ""
+        data = body.get("data")
+        message: Any = data.get("message") if isinstance(data, Mapping) else None
+        if message is None:
+            message = body.get("message")
+        return str(name), str(message) if message is not None else response.reason_phrase
+    return "", str(body)[:300]
+
+
+class OpenCodeClient:
+    """Talks to one OpenCode server. Cheap to keep for the whole run; close it with :meth:`aclose`."""
+
+    # Base of the exponential backoff between retries (seconds); tests shrink it.
+    backoff: float = 0.2
+    backoff_max: float = 5.0
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        username: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        if password is None:
+            password = os.environ.get("OPENCODE_SERVER_PASSWORD") or None
+        if username is None:
+            username = os.environ.get("OPENCODE_SERVER_USERNAME") or "opencode"
+        self._timeout = timeout
+        self._retries = max(0, retries)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            auth=httpx.BasicAuth(username, password) if password else None,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            # OpenCode never redirects on these routes; a redirect means we talk to something else.
+            follow_redirects=False,
+        )
+
+    # --- plumbing -----------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        directory: str | None = None,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+        ok_404: bool = False,
+    ) -> httpx.Response | None:
+        """Send one request with the retry policy; return the 2xx response (``None`` for an allowed 404)."""
+        query: dict[str, str | int] = dict(params or {})
+        if directory is not None:
+            query["directory"] = directory
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(method, path, params=query or None, json=json)
+            except httpx.HTTPError as exc:
+                retry_ok = idempotent or isinstance(exc, _NOT_SENT)
+                if retry_ok and isinstance(exc, httpx.TransportError) and attempt < self._retries:
+                    attempt += 1
+                    await self._sleep(attempt, f"{method} {path}: {exc!r}")
+                    continue
+                reason = f"{method} {path}: {type(exc).__name__}: {exc}".rstrip(": ")
+                raise ServerUnavailable(self.url, reason) from exc
+            if response.status_code >= 500:
+                name, message = _error_fields(response)
+                if idempotent and attempt < self._retries:
+                    attempt += 1
+                    await self._sleep(attempt, f"{method} {path} -> {response.status_code}")
+                    continue
+                what = f"{name}: {message}" if name else message
+                raise ServerUnavailable(self.url, f"{method} {path} -> {response.status_code} {what}")
+            if response.status_code == 404 and ok_404:
+                return None
+            if not response.is_success:
+                name, message = _error_fields(response)
+                raise ApiError(method, path, response.status_code, name, message)
+            return response
+
+    async def _sleep(self, attempt: int, why: str) -> None:
+        delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+        log.debug("retrying in %.2fs (attempt %d/%d): %s", delay, attempt, self._retries, why)
+        await asyncio.sleep(delay)
+
+    @staticmethod
+    def _json(method: str, path: str, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(method, path, response.status_code, "BadResponse", f"invalid JSON: {exc}") from exc
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Request and decode the JSON body; ``None`` only for an allowed 404."""
+        response = await self._request(method, path, **kwargs)
+        if response is None:
+            return None
+        return self._json(method, path, response)
+
+    @staticmethod
+    def _parse(method: str, path: str, status: int, fn: Callable[[Any], _T], raw: Any) -> _T:
+        try:
+            return fn(raw)
+        except ValueError as exc:
+            raise ApiError(method, path, status, "BadResponse", str(exc)) from exc
+
+    # --- routes -------------------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        raw = await self._call("GET", "/global/health")
+        return self._parse("GET", "/global/health", 200, Health.from_api, raw)
+
+    async def create_session(
+        self, directory: str, title: str, *, permission: list[dict[str, str]] | None = None
+    ) -> Session:
+        body: dict[str, Any] = {"title": title}
+        if permission is not None:
+            body["permission"] = permission
+        raw = await self._call("POST", "/session", directory=directory, json=body, idempotent=False)
+        return self._parse("POST", "/session", 200, Session.from_api, raw)
+
+    async def prompt_async(
+        self,
+        session_id: str,
+        directory: str,
+        text: str,
+        *,
+        agent: str | None = None,
+        model: ModelRef | None = None,
+    ) -> None:
+        """Queue a prompt. The 204 only means *accepted*: whether a turn starts shows in events."""
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+        if agent is not None:
+            body["agent"] = agent
+        if model is not None:
+            body["model"] = model.to_api()
+        path = f"/session/{session_id}/prompt_async"
+        await self._request("POST", path, directory=directory, json=body, idempotent=False)
+
+    async def abort(self, session_id: str, directory: str) -> bool:
+        """Abort the running turn; returns the server's boolean answer, ``False`` for an unknown session.
+
+        Not proof that a turn stopped (the server also answers ``true`` for an idle session): the
+        ``MessageAbortedError`` on the last assistant message is.
+        """
+        raw = await self._call("POST", f"/session/{session_id}/abort", directory=directory, ok_404=True)
+        return raw is True
+
+    async def delete_session(self, session_id: str, directory: str) -> bool:
+        """Delete a session. ``False`` if it was already gone: a retried delete must not fail."""
+        raw = await self._call("DELETE", f"/session/{session_id}", directory=directory, ok_404=True)
+        return raw is True
+
+    async def get_session(self, session_id: str, directory: str) -> Session | None:
+        path = f"/session/{session_id}"
+        raw = await self._call("GET", path, directory=directory, ok_404=True)
+        if raw is None:
+            return None
+        return self._parse("GET", path, 200, Session.from_api, raw)
+
+    async def list_sessions(
+        self, directory: str, *, search: str | None = None, limit: int = 1000
+    ) -> list[Session]:
+        params: dict[str, str | int] = {"limit": limit}
+        if search is not None:
+            params["search"] = search
+        raw = await self._call("GET", "/session", directory=directory, params=params)
+        if not isinstance(raw, list):
+            raise ApiError("GET", "/session", 200, "BadResponse", "expected a list of sessions")
+        return [self._parse("GET", "/session", 200, Session.from_api, item) for item in raw]
+
+    async def find_sessions(self, directory: str, title: str) -> list[Session]:
+        """Sessions whose title is exactly ``title``, newest first.
+
+        The server's ``search`` is a fuzzy substring filter, so it only narrows the list; the exact
+        comparison happens here. This is how a caller finds the session a timed-out create made.
+        """
+        found = [s for s in await self.list_sessions(directory, search=title) if s.title == title]
+        found.sort(key=lambda s: s.created_ms if s.created_ms is not None else -1, reverse=True)
+        return found
+
+    async def messages(self, session_id: str, directory: str) -> list[Message]:
+        path = f"/session/{session_id}/message"
+        raw = await self._call("GET", path, directory=directory)
+        if not isinstance(raw, list):
+            raise ApiError("GET", path, 200, "BadResponse", "expected a list of messages")
+        return [self._parse("GET", path, 200, Message.from_api, item) for item in raw]
+
+    async def session_status(self, directory: str) -> dict[str, SessionStatus]:
+        """Busy and retrying sessions of one directory. Idle ones are absent (dropped if a server
+        lists them anyway), so ``sid not in result`` means idle or unknown."""
+        raw = await self._call("GET", "/session/status", directory=directory)
+        if not isinstance(raw, Mapping):
+            raise ApiError("GET", "/session/status", 200, "BadResponse", "expected an object")
+        result: dict[str, SessionStatus] = {}
+        for sid, item in raw.items():
+            status = self._parse("GET", "/session/status", 200, SessionStatus.from_api, item)
+            if status.type != "idle":
+                result[str(sid)] = status
+        return result
+
+    async def permissions(self, directory: str) -> list[dict[str, Any]]:
+        raw = await self._call("GET", "/permission", directory=directory)
+        if not isinstance(raw, list):
+            raise ApiError("GET", "/permission", 200, "BadResponse", "expected a list")
+        return [dict(item) for item in raw if isinstance(item, Mapping)]
+
+    async def reply_permission(
+        self, request_id: str, directory: str, reply: str, message: str | None = None
+    ) -> None:
+        body: dict[str, str] = {"reply": reply}
+        if message is not None:
+            body["message"] = message
+        await self._request("POST", f"/permission/{request_id}/reply", directory=directory, json=body)
+
+    async def reply_question(self, request_id: str, directory: str, answers: list[list[str]]) -> None:
+        body = {"answers": answers}
+        await self._request("POST", f"/question/{request_id}/reply", directory=directory, json=body)
+
+    async def reject_question(self, request_id: str, directory: str) -> None:
+        await self._request("POST", f"/question/{request_id}/reject", directory=directory)
+
+    async def dispose(self, directory: str) -> None:
+        """Free the server's instance for ``directory`` (the server never frees them by itself)."""
+        await self._request("POST", "/instance/dispose", directory=directory)
+
+    def stream(self, path: str = "/global/event") -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        """Open a streaming GET (for SSE) with no read timeout: events may be seconds apart.
+
+        Connection failures raise :class:`ServerUnavailable`, an error status :class:`ApiError`;
+        errors while reading the body are left to the reader (it reconnects anyway).
+        """
+        return self._stream(path)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, path: str) -> AsyncIterator[httpx.Response]:
+        timeout = httpx.Timeout(self._timeout, read=None)
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        try:
+            async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                if not response.is_success:
+                    await response.aread()
+                    name, message = _error_fields(response)
+                    raise ApiError("GET", path, response.status_code, name, message)
+                yield response
+        except httpx.HTTPError as exc:
+            # Also covers errors raised while the caller reads the body inside the ``async with``.
+            raise ServerUnavailable(self.url, f"GET {path}: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,352 @@
+"""Driving OpenCode sessions for the coordinator: dispatch, re-attach, events, timeouts, cancel.
+
+Everything that talks to the OpenCode client goes through here; file changes go back through the
+coordinator's ``move`` so its cache and bookkeeping stay right.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from occoord.attempts import Attempt, FailurePolicy, outcome_details, outcome_reason
+from occoord.errors import ApiError, OccoordError
+from occoord.fsutil import atomic_write
+from occoord.journal import iso
+from occoord.opencode import events as ev
+from occoord.opencode.models import ModelRef as ClientModel
+from occoord.opencode.outcome import TurnOutcome, classify
+from occoord.prompting import build_prompt, session_title
+from occoord.runstate import ActiveRun
+from occoord.state import TaskState
+from occoord.taskfiles import TaskRecord
+
+if TYPE_CHECKING:
+    from occoord.coordinator import Coordinator
+
+__all__ = ["SessionDriver"]
+
+log = logging.getLogger(__name__)
+
+
+class SessionDriver:
+    def __init__(self, coordinator: Coordinator, client: Any) -> None:
+        self.co = coordinator
+        self.client = client
+        self._wakeups: list[float] = []
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def register(self, attempt: Attempt) -> None:
+        self.co.attempts[attempt.key] = attempt
+        if attempt.session_id:
+            self.co.by_session[attempt.session_id] = attempt
+
+    def forget(self, attempt: Attempt) -> None:
+        if self.co.attempts.get(attempt.key) is attempt:
+            del self.co.attempts[attempt.key]
+        if attempt.session_id and self.co.by_session.get(attempt.session_id) is attempt:
+            del self.co.by_session[attempt.session_id]
+
+    def wake_at(self, when: float) -> None:
+        self._wakeups.append(when)
+
+    def deadlines(self) -> list[float]:
+        now = self.co.clock()
+        self._wakeups = [w for w in self._wakeups if w > now - 1]
+        out = list(self._wakeups)
+        cfg = self.co.config
+        for a in self.co.attempts.values():
+            if a.settling:
+                continue
+            out.append(a.dispatched_at + self.wall_limit(a))
+            out.append(a.last_activity + (cfg.idle_timeout if a.began else cfg.start_timeout))
+        return out
+
+    def wall_limit(self, attempt: Attempt) -> float:
+        active = self.co.runs.get(attempt.run_id)
+        spec = active.specs.get(attempt.task) if active else None
+        return spec.timeout if spec and spec.timeout else self.co.config.task_timeout
+
+    def directory_for(self, active: ActiveRun, task: str) -> str:
+        return active.specs[task].directory or str(self.co.config.workdir)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def dispatch(self, active: ActiveRun, record: TaskRecord) -> bool:
+        """queued -> pending (the compare-and-swap), then start the session in the background."""
+        task = record.task
+        attempt_no = record.attempt + 1
+        title = session_title(active.id, task, attempt_no)
+        directory = self.directory_for(active, task)
+        details = {
+            **record.details,
+            "title": title,
+            "dispatched_at": iso_now(),
+            "server_version": self.co.config.server_version,
+        }
+        moved = self.co.move(
+            active,
+            task,
+            TaskState.QUEUED,
+            TaskState.PENDING,
+            "dispatched",
+            attempt=attempt_no,
+            session_id=None,
+            not_before=None,
+            details=details,
+        )
+        if moved is None:
+            return False
+        now = self.co.clock()
+        attempt = Attempt(active.id, task, attempt_no, directory, title, now, now)
+        self.register(attempt)
+        self.co.spawn(self.start(active, attempt, find_existing=False))
+        return True
+
+    async def start(self, active: ActiveRun, attempt: Attempt, *, find_existing: bool) -> None:
+        """Create (or find again) the attempt's session and prompt it, exactly once.
+
+        A session that already has messages was prompted before a crash: it is never prompted
+        twice; if it has gone idle meanwhile its turn is classified now.
+        """
+        spec = active.specs[attempt.task]
+        try:
+            session_id = attempt.session_id
+            if session_id is None and find_existing:
+                found = await self.client.find_sessions(attempt.directory, attempt.title)
+                session_id = found[0].id if found else None
+            prompted = False
+            if session_id is None:
+                session = await self.client.create_session(
+                    attempt.directory, attempt.title, permission=self.permissions()
+                )
+                session_id = session.id
+            else:
+                prompted = bool(await self.client.messages(session_id, attempt.directory))
+            attempt.session_id = session_id
+            self.register(attempt)
+            active.run.tasks.update(attempt.task, TaskState.PENDING, session_id=session_id)
+            if not prompted:
+                text = build_prompt(
+                    spec, spool_root=self.co.spool.root, run_id=active.id, tasks_dir=active.run.tasks.dir
+                )
+                model = ClientModel(spec.model.provider, spec.model.model) if spec.model else None
+                await self.client.prompt_async(
+                    session_id, attempt.directory, text, agent=spec.agent, model=model
+                )
+            elif session_id not in await self.client.session_status(attempt.directory):
+                await self.finish(attempt)
+                return
+            else:
+                attempt.began = True
+            attempt.last_activity = self.co.clock()
+            log.info("%s/%s: attempt %d in session %s", active.id, attempt.task, attempt.attempt, session_id)
+        except OccoordError as exc:
+            if self.co.attempts.get(attempt.key) is attempt:
+                await self.settle(attempt, None, f"could not start the session: {exc}", retryable=True)
+
+    def permissions(self) -> Any:
+        from occoord.opencode.permissions import session_rules
+
+        return (
+            session_rules(extra_paths=[str(self.co.spool.root)]) if self.co.config.agent_permissions else None
+        )
+
+    async def reattach(self, active: ActiveRun, record: TaskRecord) -> None:
+        """After a restart: find the pending task's session again, never creating a second one."""
+        task = record.task
+        directory = self.directory_for(active, task)
+        title = str(record.details.get("title") or session_title(active.id, task, record.attempt))
+        now = self.co.clock()
+        attempt = Attempt(
+            active.id, task, record.attempt, directory, title, now, now, session_id=record.session_id
+        )
+        self.register(attempt)
+        if record.session_id is None:
+            # Crashed between pending and recording the session: look it up by its title first.
+            await self.start(active, attempt, find_existing=True)
+            return
+        try:
+            session = await self.client.get_session(record.session_id, directory)
+        except OccoordError as exc:
+            log.warning("%s/%s: cannot re-attach yet: %s", active.id, task, exc)
+            return
+        if session is None:
+            self.forget(attempt)
+            self.co.move(
+                active,
+                task,
+                TaskState.PENDING,
+                TaskState.QUEUED,
+                "its session is gone (server restarted?); new attempt",
+            )
+            return
+        log.info("%s/%s: re-attaching to session %s", active.id, task, record.session_id)
+        await self.start(active, attempt, find_existing=False)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def handle_event(self, event: object) -> None:
+        if isinstance(event, ev.StreamReconnected):
+            await self.resync()
+            return
+        if isinstance(event, ev.PermissionAsked | ev.QuestionAsked):
+            return  # the PolicyResponder answers these
+        session_id = getattr(event, "session_id", None)
+        attempt = self.co.by_session.get(session_id) if session_id else None
+        if attempt is None:
+            return
+        attempt.last_activity = self.co.clock()
+        if isinstance(event, ev.SessionStatusChanged):
+            if event.status == "idle":
+                await self.finish(attempt)
+            else:
+                attempt.began = True
+        elif isinstance(event, ev.SessionIdle):
+            await self.finish(attempt)
+        elif isinstance(event, ev.MessageUpdated) and getattr(event, "role", None) == "assistant":
+            attempt.began = True
+
+    async def resync(self) -> None:
+        """After the event stream reconnects: anything that went idle meanwhile is settled now."""
+        by_dir: dict[str, list[Attempt]] = {}
+        for a in list(self.co.attempts.values()):
+            if a.session_id and not a.settling:
+                by_dir.setdefault(a.directory, []).append(a)
+        for directory, attempts in by_dir.items():
+            try:
+                statuses = await self.client.session_status(directory)
+            except OccoordError as exc:
+                log.warning("resync of %s failed: %s", directory, exc)
+                continue
+            for a in attempts:
+                if a.session_id not in statuses:
+                    await self.finish(a)
+
+    async def finish(self, attempt: Attempt) -> None:
+        """The session went idle: classify the turn from its messages and settle the task."""
+        if attempt.settling or attempt.session_id is None:
+            return
+        attempt.settling = True
+        try:
+            messages = await self.client.messages(attempt.session_id, attempt.directory)
+        except OccoordError as exc:
+            attempt.settling = False
+            log.warning("%s/%s: cannot read the session's messages: %s", attempt.run_id, attempt.task, exc)
+            return
+        outcome = classify(messages)
+        self.write_result(attempt, outcome)
+        if attempt.cancel_reason:
+            await self.settle(attempt, outcome, attempt.cancel_reason, retryable=False)
+        elif outcome.kind == "done":
+            await self.settle(attempt, outcome, outcome_reason(outcome), retryable=False, done=True)
+        else:
+            retryable = outcome.kind == "not_started" or bool(outcome.retryable)
+            await self.settle(attempt, outcome, outcome_reason(outcome), retryable=retryable)
+
+    async def settle(
+        self,
+        attempt: Attempt,
+        outcome: TurnOutcome | None,
+        reason: str,
+        *,
+        retryable: bool,
+        done: bool = False,
+    ) -> None:
+        attempt.settling = True
+        self.forget(attempt)
+        active = self.co.runs.get(attempt.run_id)
+        if active is None:
+            return
+        record = active.run.tasks.read(attempt.task)
+        if record is None or record.state is not TaskState.PENDING or record.attempt != attempt.attempt:
+            return  # someone else (usually the agent's own signal) already decided
+        details = {**record.details, **(outcome_details(outcome) if outcome else {})}
+        if done:
+            self.co.move(active, attempt.task, TaskState.PENDING, TaskState.DONE, reason, details=details)
+            return
+        spec = active.specs[attempt.task]
+        policy = FailurePolicy(spec.retries, int(record.details.get("failures", 0)))
+        if policy.retry(retryable):
+            self.co.retry_later(active, TaskRecord(**{**record.__dict__, "details": details}), reason)
+        else:
+            failures = int(record.details.get("failures", 0)) + 1
+            self.co.move(
+                active,
+                attempt.task,
+                TaskState.PENDING,
+                TaskState.FAILED,
+                reason,
+                details={**details, "failures": failures},
+            )
+
+    def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
+        active = self.co.runs.get(attempt.run_id)
+        if active is None or not outcome.text:
+            return
+        path = active.run.results_dir / f"{attempt.task}.md"
+        atomic_write(path, outcome.text.encode("utf-8", "replace"), durable=self.co.spool.durable)
+
+    async def save_result(self, attempt: Attempt) -> None:
+        """The task was signalled from outside: keep what the agent said so far."""
+        if attempt.session_id is None:
+            return
+        try:
+            messages = await self.client.messages(attempt.session_id, attempt.directory)
+        except OccoordError:
+            return
+        self.write_result(attempt, classify(messages))
+
+    # -- timeouts and cancel -------------------------------------------------------------------
+
+    async def check_timeouts(self, now: float) -> None:
+        cfg = self.co.config
+        for a in list(self.co.attempts.values()):
+            if a.settling:
+                continue
+            if now - a.dispatched_at >= self.wall_limit(a):
+                await self.abort_and_settle(a, f"timed out after {self.wall_limit(a):.0f} s", False)
+            elif not a.began and now - a.last_activity >= cfg.start_timeout:
+                await self.abort_and_settle(
+                    a, f"the turn never started within {cfg.start_timeout:.0f} s", True
+                )
+            elif a.began and now - a.last_activity >= cfg.idle_timeout:
+                await self.abort_and_settle(a, f"no activity for {cfg.idle_timeout:.0f} s", True)
+
+    async def abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool) -> None:
+        attempt.settling = True
+        await self.abort(attempt)
+        await self.settle(attempt, None, reason, retryable=retryable)
+
+    async def abort(self, attempt: Attempt) -> None:
+        if attempt.session_id is None:
+            return
+        try:
+            await self.client.abort(attempt.session_id, attempt.directory)
+        except (OccoordError, ApiError) as exc:
+            log.warning("%s/%s: abort failed: %s", attempt.run_id, attempt.task, exc)
+
+    def check_cancel(self, active: ActiveRun) -> None:
+        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
+        from occoord.cancel import pending_cancels
+
+        for path, tasks in pending_cancels(active):
+            for task in tasks:
+                state = active.states.get(task)
+                if state is TaskState.QUEUED:
+                    self.co.move(active, task, TaskState.QUEUED, TaskState.FAILED, "cancelled")
+                elif state is TaskState.PENDING:
+                    attempt = self.co.attempts.get((active.id, task))
+                    if attempt is not None:
+                        attempt.cancel_reason = "cancelled"
+                        self.co.spawn(self.abort_and_settle(attempt, "cancelled", False))
+                    else:
+                        self.co.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
+            path.unlink(missing_ok=True)
+
+
+def iso_now() -> str:
+    from datetime import UTC, datetime
+
+    return iso(datetime.now(UTC))

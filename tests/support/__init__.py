@@ -1,0 +1,2 @@
+"""Test helpers shared by several test packages: a scripted model endpoint and a throwaway
+environment for the real ``opencode`` binary. Nothing here is imported by occoord itself."""

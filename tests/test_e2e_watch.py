@@ -1,0 +1,303 @@
+"""`occoord watch` end to end against the simulator, through the filesystem only.
+
+Each test starts real processes (a simulator and/or a watcher), copies manifests into incoming/,
+renames files like an outside script would, and reads the state files and summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2ekit import (
+    Proc,
+    drop,
+    journal,
+    manifest,
+    max_concurrent_pending,
+    occoord_argv,
+    record,
+    sim_sessions,
+    sim_status,
+    start_simulator,
+    start_watcher,
+    states,
+    summary,
+    the_run,
+    wait_state,
+)
+from spoolkit import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[str]:
+    proc, url = start_simulator(tmp_path)
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def watcher(spool: Path, workdir: Path, simulator: str) -> Iterator[Proc]:
+    proc = start_watcher(spool, workdir, server=simulator)
+    yield proc
+    assert proc.stop() == 0, proc.output()
+
+
+def task(task_id: str, prompt: str, **more: object) -> dict[str, object]:
+    return {"id": task_id, "prompt": prompt, **more}
+
+
+def test_dependencies_outcomes_results_and_summary(
+    spool: Path, simulator: str, watcher: Proc, workdir: Path
+) -> None:
+    drop(
+        spool,
+        "plan.json",
+        manifest(
+            task("a", "build it [sim: work 0.2] [sim: signal done]"),
+            task("b", "then this [sim: work 0.2] [sim: reply all good here]", depends_on=["a"]),
+            task("c", "this breaks [sim: error APIError fatal]", retries=3),
+            task("d", "never starts", depends_on=["c"]),
+        ),
+    )
+    run_dir = the_run(spool)
+    verdict = summary(run_dir)
+    assert states(run_dir) == {"a": "done", "b": "done", "c": "failed", "d": "failed"}
+    assert verdict["ok"] is False
+    # a was signalled by the (simulated) agent renaming its own file; b was classified from idle.
+    a_events = [e for e in journal(run_dir) if e.get("task") == "a" and e.get("to") == "done"]
+    assert a_events and a_events[0]["actor"] == "outside"
+    assert (run_dir / "results" / "b.md").read_text().strip() == "all good here"
+    assert "APIError" in record(run_dir, "c")["reason"]
+    assert record(run_dir, "c")["attempt"] == 1, "a fatal error is not retried"
+    assert record(run_dir, "d")["reason"] == "dependency c failed"
+    titles = [s["title"] for s in sim_sessions(simulator, workdir)]
+    assert not any("/d#" in t for t in titles), "a task behind a failed dependency never starts"
+    assert (run_dir / "summary.md").exists()
+    assert {t["task"]: t["state"] for t in verdict["tasks"]} == states(run_dir)
+
+
+def test_concurrency_and_global_session_limit(spool: Path, simulator: str, workdir: Path) -> None:
+    proc = start_watcher(spool, workdir, "--max-sessions", "3", server=simulator)
+    try:
+        drop(
+            spool,
+            "one.json",
+            manifest(*[task(f"t{i}", "[sim: work 0.4]") for i in range(6)], concurrency=2, name="one"),
+        )
+        drop(
+            spool,
+            "two.json",
+            manifest(*[task(f"u{i}", "[sim: work 0.4]") for i in range(6)], concurrency=4, name="two"),
+        )
+        run_dirs = wait_for(lambda: (r := sorted((spool / "runs").glob("2*"))) and len(r) == 2 and r)
+        for run_dir in run_dirs:
+            assert summary(run_dir)["ok"] is True
+        assert max_concurrent_pending(run_dirs) <= 3
+        assert max_concurrent_pending(run_dirs[:1]) <= 2 or max_concurrent_pending(run_dirs[1:]) <= 2
+        assert max_concurrent_pending(run_dirs) >= 2, "the limit was used, not just one at a time"
+    finally:
+        assert proc.stop() == 0
+
+
+def test_outside_signals_by_mv_touch_and_cli(
+    spool: Path, simulator: str, watcher: Proc, workdir: Path
+) -> None:
+    drop(
+        spool,
+        "hang.json",
+        manifest(task("mv", "[sim: hang]"), task("touch", "[sim: hang]"), task("cli", "[sim: hang]")),
+    )
+    run_dir = the_run(spool)
+    tasks = run_dir / "tasks"
+    for name in ("mv", "touch", "cli"):
+        wait_state(run_dir, name, "pending")
+    wait_for(lambda: all(record(run_dir, t).get("session_id") for t in ("mv", "touch", "cli")))
+    os.rename(tasks / "mv.pending", tasks / "mv.done")
+    (tasks / "touch.failed").touch()
+    subprocess.run(
+        occoord_argv("signal", "--spool", str(spool), run_dir.name, "cli", "done", "-m", "by hand"),
+        check=True,
+        capture_output=True,
+    )
+    verdict = summary(run_dir)
+    assert states(run_dir) == {"mv": "done", "touch": "failed", "cli": "done"}
+    assert record(run_dir, "cli")["reason"] == "by hand"
+    assert not any(e.startswith("touch.pending") for e in os.listdir(tasks)), "the stray was reconciled"
+    assert verdict["ok"] is False
+
+
+def test_retryable_errors_are_retried_with_backoff_then_fail(spool: Path, watcher: Proc) -> None:
+    drop(spool, "flaky.json", manifest(task("flaky", "[sim: error APIError retryable]", retries=2)))
+    run_dir = the_run(spool)
+    summary(run_dir)
+    rec = record(run_dir, "flaky")
+    assert rec["state"] == "failed"
+    assert rec["attempt"] == 3, "one attempt plus two retries"
+    assert rec["details"]["failures"] == 3
+    retries = [e for e in journal(run_dir) if e.get("from") == "pending" and e.get("to") == "queued"]
+    assert len(retries) == 2 and all(e["reason"].startswith("retry") for e in retries)
+
+
+def test_timeouts_never_started_and_wall_clock(spool: Path, simulator: str, workdir: Path) -> None:
+    proc = start_watcher(spool, workdir, "--start-timeout", "0.5", "--task-timeout", "1.5", server=simulator)
+    try:
+        drop(
+            spool,
+            "slow.json",
+            manifest(task("nostart", "[sim: nostart]", retries=1), task("hang", "[sim: hang]", retries=0)),
+        )
+        run_dir = the_run(spool)
+        summary(run_dir)
+        nostart, hang = record(run_dir, "nostart"), record(run_dir, "hang")
+        assert nostart["state"] == "failed" and "never started" in nostart["reason"]
+        assert nostart["attempt"] == 2, "a turn that never started is retried"
+        assert hang["state"] == "failed" and "timed out" in hang["reason"]
+        assert hang["session_id"] not in sim_status(simulator, workdir), "the hung session was aborted"
+    finally:
+        assert proc.stop() == 0
+
+
+def test_cancel_and_retry(spool: Path, simulator: str, watcher: Proc, workdir: Path) -> None:
+    drop(spool, "c.json", manifest(task("long", "[sim: hang]"), task("after", "x", depends_on=["long"])))
+    run_dir = the_run(spool)
+    wait_for(lambda: states(run_dir).get("long") == "pending" and record(run_dir, "long").get("session_id"))
+    session = record(run_dir, "long")["session_id"]
+    subprocess.run(
+        occoord_argv("cancel", "--spool", str(spool), run_dir.name), check=True, capture_output=True
+    )
+    summary(run_dir)
+    assert record(run_dir, "long")["reason"] == "cancelled"
+    assert record(run_dir, "after")["reason"] == "cancelled"
+    assert states(run_dir) == {"long": "failed", "after": "failed"}
+    assert session not in sim_status(simulator, workdir), "the session was aborted"
+    assert not (run_dir / "cancel").exists(), "the request is consumed"
+    # Retry every failed task from the shell: the run becomes active again.
+    out = subprocess.run(
+        occoord_argv("retry", "--spool", str(spool), run_dir.name), check=True, capture_output=True, text=True
+    )
+    assert "long: queued" in out.stdout and "after: queued" in out.stdout
+    wait_for(lambda: states(run_dir) == {"long": "pending", "after": "queued"})
+    assert not (run_dir / "summary.json").exists(), "a running run has no verdict"
+
+
+def test_bad_manifest_rejected_with_reason_and_watcher_goes_on(spool: Path, watcher: Proc) -> None:
+    bad = spool / "incoming" / "bad.json"
+    bad.write_text('{"version": 1, "tasks": [{"id": "a", "prompt": "x", "depends_on": ["zz"]}]}')
+    wait_for(lambda: list((spool / "rejected").glob("*bad.json.error")), timeout=20)
+    error = next((spool / "rejected").glob("*bad.json.error")).read_text()
+    assert "tasks[0].depends_on" in error and "zz" in error
+    drop(spool, "good.json", manifest(task("ok", "[sim: work 0.05]")))
+    assert summary(the_run(spool))["ok"] is True
+
+
+def test_partial_copy_is_accepted_once_complete(spool: Path, watcher: Proc) -> None:
+    """The writer pauses longer than --settle-seconds mid-file: the open file is waited for."""
+    text = json.dumps(manifest(task("slowly", "written slowly [sim: work 0.05]"), name="slow"))
+    target = spool / "incoming" / "slow.json"
+    with open(target, "w") as fh:  # a slow writer: half now, the rest after more than the settle time
+        fh.write(text[: len(text) // 2])
+        fh.flush()
+        time.sleep(1.0)
+        fh.write(text[len(text) // 2 :])
+    run_dir = the_run(spool)
+    assert summary(run_dir)["ok"] is True
+    assert not list((spool / "rejected").iterdir())
+
+
+def test_kill_9_mid_run_resumes_without_duplicate_sessions(
+    spool: Path, simulator: str, workdir: Path
+) -> None:
+    tasks = [task(f"t{i}", "[sim: work 2.5]") for i in range(4)] + [
+        task("last", "[sim: work 0.1]", depends_on=["t0"])
+    ]
+    first = start_watcher(spool, workdir, server=simulator, name="first")
+    drop(spool, "crash.json", manifest(*tasks, concurrency=4))
+    run_dir = the_run(spool)
+    wait_for(
+        lambda: (
+            all(
+                record(run_dir, f"t{i}").get("session_id")
+                for i in range(4)
+                if states(run_dir).get(f"t{i}") == "pending"
+            )
+            and sum(s == "pending" for s in states(run_dir).values()) == 4
+        ),
+        timeout=20,
+    )
+    first.kill9()
+    second = start_watcher(spool, workdir, server=simulator, name="second")
+    try:
+        verdict = summary(run_dir)
+        assert verdict["ok"] is True, states(run_dir)
+    finally:
+        assert second.stop() == 0
+    titles = [s["title"] for s in sim_sessions(simulator, workdir)]
+    assert len(titles) == len(set(titles)) == 5, titles
+    assert all(record(run_dir, t["id"])["attempt"] == 1 for t in tasks)
+
+
+def test_second_watcher_is_a_standby_and_takes_over(spool: Path, simulator: str, workdir: Path) -> None:
+    first = start_watcher(spool, workdir, server=simulator, name="first")
+    second = start_watcher(spool, workdir, server=simulator, name="second", ready="standby")
+    try:
+        first.kill9()
+        drop(spool, "later.json", manifest(task("x", "[sim: work 0.05]")))
+        assert summary(the_run(spool))["ok"] is True
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_run_command_in_the_foreground(tmp_path: Path, workdir: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(
+        json.dumps(
+            manifest(task("one", "[sim: work 0.05]"), task("two", "[sim: reply fine]", depends_on=["one"]))
+        )
+    )
+    spool = tmp_path / "spool"
+    done = subprocess.run(
+        occoord_argv("run", "--spool", str(spool), "--simulate", "--workdir", str(workdir), str(path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "two: queued -> pending" in done.stdout and ": done" in done.stdout
+    path.write_text(json.dumps(manifest(task("bad", "[sim: error APIError fatal]"))))
+    failed = subprocess.run(
+        occoord_argv("run", "--spool", str(spool), "--simulate", "--workdir", str(workdir), str(path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1, failed.stderr
+    dry = subprocess.run(
+        occoord_argv("run", "--dry-run", "--spool", str(spool), str(path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0 and "level 0: bad" in dry.stdout and "occoord signal" in dry.stdout
+    shutil.rmtree(spool)

@@ -1,0 +1,310 @@
+"""The manifest corpus: what a user sees for each malformed manifest, and that good ones survive.
+
+``manifests/bad/`` holds malformed manifests; ``manifests/bad/expected.json`` declares, next to
+them, every problem each must report (field path and reason) and nothing else. ``manifests/good/``
+(and the shipped examples) must parse, and their resolved form, ``Manifest.to_json``, must parse
+back to the same manifest. ``@MANIFESTS@`` in a file stands for the absolute path of
+``manifests/`` (a manifest's directories must be absolute), so such files are copied with it
+filled in before loading. Cases the parser gets wrong today are strict xfails: each is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from occoord.errors import ManifestError, ManifestProblem
+from occoord.manifest import MAX_MANIFEST_BYTES, MAX_PROMPT_BYTES, Manifest, load_manifest, parse_manifest
+
+CORPUS = Path(__file__).parent / "manifests"
+BAD = CORPUS / "bad"
+GOOD = CORPUS / "good"
+EXPECTATIONS = BAD / "expected.json"
+EXAMPLES = Path(__file__).parent.parent / "contrib" / "examples"
+PLACEHOLDER = "@MANIFESTS@"
+ROOT = "(root)"  # the field written in expected.json for a problem about the whole file
+GAP = "…"  # separates substrings of an expected reason that must appear in order
+
+
+# -- the corpus ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One declared problem: ``FIELD: REASON`` with REASON matched as ordered substrings."""
+
+    text: str
+    field: str
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Expected:
+        field, sep, reason = text.partition(": ")
+        assert sep and reason, f"expected.json: {text!r} is not 'FIELD: REASON'"
+        filled = reason.replace(PLACEHOLDER, str(CORPUS))
+        parts = tuple(part.strip() for part in filled.split(GAP) if part.strip())
+        return cls(text, "" if field == ROOT else field, parts)
+
+    def matches(self, problem: ManifestProblem) -> bool:
+        return problem.field == self.field and self.reason_in(problem.reason)
+
+    def reason_in(self, text: str) -> bool:
+        """True if ``text`` holds every part of the reason, in order."""
+        position = 0
+        for part in self.parts:
+            found = text.find(part, position)
+            if found < 0:
+                return False
+            position = found + len(part)
+        return True
+
+    def shown_in(self, message: str) -> bool:
+        """True if a line of ``message`` (an error as printed) shows this problem."""
+        prefix = f"{self.field}: "
+        lines = message.splitlines()
+        if not self.field:
+            return any(self.reason_in(line) for line in lines)
+        return any(prefix in line and self.reason_in(line.partition(prefix)[2]) for line in lines)
+
+
+@dataclass(frozen=True)
+class BadCase:
+    name: str
+    expected: tuple[Expected, ...]
+    schema_rejects: bool
+    xfail: str | None
+    schema_xfail: str | None
+
+    @property
+    def path(self) -> Path:
+        return BAD / self.name
+
+
+def bad_cases() -> list[BadCase]:
+    entries: dict[str, Any] = json.loads(EXPECTATIONS.read_text(encoding="utf-8"))
+    return [
+        BadCase(
+            name,
+            tuple(Expected.parse(text) for text in entry["problems"]),
+            entry.get("schema") == "reject",
+            entry.get("xfail"),
+            entry.get("schema_xfail"),
+        )
+        for name, entry in entries.items()
+        if not name.startswith("$")
+    ]
+
+
+def case_param(case: BadCase, xfail: str | None) -> Any:
+    """``pytest.param`` named by the case's file, a strict xfail if ``xfail`` gives a reason."""
+    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
+    return pytest.param(case, id=case.name, marks=marks)
+
+
+def bad_params() -> list[Any]:
+    """Every bad case, an xfail where the parser does not (yet) report what it declares."""
+    return [case_param(case, case.xfail) for case in bad_cases()]
+
+
+def good_paths() -> list[Path]:
+    examples = [p for p in sorted(EXAMPLES.iterdir()) if p.suffix in (".json", ".yaml", ".yml")]
+    return sorted(GOOD.iterdir()) + examples
+
+
+def materialize(path: Path, tmp_path: Path) -> Path:
+    """``path`` itself, or a copy in ``tmp_path`` with ``@MANIFESTS@`` filled in."""
+    data = path.read_bytes()
+    if PLACEHOLDER.encode() not in data:
+        return path
+    copy = tmp_path / path.name
+    copy.write_bytes(data.replace(PLACEHOLDER.encode(), str(CORPUS).encode()))
+    return copy
+
+
+def decode(path: Path) -> Any:
+    """The document as a plain JSON or YAML reader sees it (no occoord rules)."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def mismatches(
+    problems: Sequence[ManifestProblem], expected: Sequence[Expected]
+) -> tuple[list[Expected], list[ManifestProblem]]:
+    """(declared problems not reported, reported problems not declared); each matches once."""
+    unmatched = list(problems)
+    missing = []
+    for want in sorted(expected, key=lambda e: -sum(map(len, e.parts))):
+        hit = next((p for p in unmatched if want.matches(p)), None)
+        if hit is None:
+            missing.append(want)
+        else:
+            unmatched.remove(hit)
+    return missing, unmatched
+
+
+def assert_problems(error: ManifestError, expected: Sequence[Expected]) -> None:
+    missing, extra = mismatches(error.problems, expected)
+    report = "\n".join(
+        [f"missing: {e.text}" for e in missing]
+        + [f"unexpected: {p.field or ROOT}: {p.reason}" for p in extra]
+    )
+    assert not missing and not extra, f"{error.source}:\n{report}"
+
+
+def expect(*texts: str) -> list[Expected]:
+    return [Expected.parse(t) for t in texts]
+
+
+# -- malformed manifests -----------------------------------------------------------------------
+
+
+def test_every_bad_file_has_declared_problems() -> None:
+    files = {p.name for p in BAD.iterdir()} - {EXPECTATIONS.name}
+    declared = {case.name for case in bad_cases()}
+    assert files == declared, f"without expectations: {files - declared}; without a file: {declared - files}"
+    assert all(case.expected for case in bad_cases())
+    assert len(declared) >= 30
+
+
+@pytest.mark.parametrize("case", bad_params())
+def test_bad_manifest_reports_exactly_the_declared_problems(case: BadCase, tmp_path: Path) -> None:
+    path = materialize(case.path, tmp_path)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.source == str(path)
+    assert_problems(info.value, case.expected)
+
+
+def test_a_manifest_over_one_mib_is_refused_unread(tmp_path: Path) -> None:
+    body = b'{"tasks": [{"id": "a", "prompt": "x"}]}'
+    path = tmp_path / "huge.json"
+    path.write_bytes(body.ljust(MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert_problems(info.value, expect(f"{ROOT}: file too large: 1048577 bytes, over the limit of 1048576"))
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(path.read_bytes(), source="huge.json")
+    assert_problems(info.value, expect(f"{ROOT}: file is 1048577 bytes, over the 1 MiB limit"))
+
+
+def test_a_manifest_of_exactly_one_mib_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "full.json"
+    path.write_bytes(b'{"tasks": [{"id": "a", "prompt": "x"}]}'.ljust(MAX_MANIFEST_BYTES))
+    assert load_manifest(path).task("a").prompt == "x"
+
+
+def test_a_symlinked_manifest_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "plan.json"
+    link.symlink_to(GOOD / "minimal.json")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(link)
+    assert_problems(info.value, expect(f"{ROOT}: not a manifest file: is a symbolic link"))
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "plan.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(fifo)
+    assert_problems(info.value, expect(f"{ROOT}: not a manifest file: is not a regular file"))
+
+
+def test_prompt_files_that_are_symlinks_or_too_large_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "link.md").symlink_to(CORPUS / "prompts" / "build.md")
+    (tmp_path / "big.md").write_bytes(b"x" * (MAX_PROMPT_BYTES + 1))
+    doc = {
+        "defaults": {"directory": str(tmp_path)},
+        "tasks": [{"id": "link", "prompt_file": "link.md"}, {"id": "big", "prompt_file": "big.md"}],
+    }
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(json.dumps(doc).encode())
+    assert_problems(
+        info.value,
+        expect(
+            f"tasks[0].prompt_file: {tmp_path}/link.md: is a symbolic link",
+            f"tasks[1].prompt_file: {tmp_path}/big.md: 1048577 bytes, over the limit of 1048576",
+        ),
+    )
+
+
+def test_error_message_names_the_file_and_every_problem() -> None:
+    path = BAD / "many-problems.yaml"
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: {len(info.value.problems)} problems"
+    assert lines[1:] == [f"  {p}" for p in info.value.problems]
+
+
+# -- good manifests ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", good_paths(), ids=lambda p: p.name)
+def test_good_manifest_parses_with_its_tasks_in_order(path: Path, tmp_path: Path) -> None:
+    path = materialize(path, tmp_path)
+    manifest = load_manifest(path)
+    assert [t.id for t in manifest.tasks] == [t["id"] for t in decode(path)["tasks"]]
+    assert manifest.name == decode(path).get("name", path.stem)
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+@pytest.mark.parametrize("path", good_paths(), ids=lambda p: p.name)
+def test_to_json_round_trips(path: Path, fmt: str, tmp_path: Path) -> None:
+    manifest = load_manifest(materialize(path, tmp_path))
+    plan = manifest.to_json()
+    # run.json must be strict JSON: allow_nan=False refuses inf and nan
+    dump = json.dumps(plan, allow_nan=False) if fmt == "json" else yaml.safe_dump(plan, allow_unicode=True)
+    again = parse_manifest(dump.encode(), source=f"run.{fmt}", fmt=fmt)
+    assert again == manifest
+    assert again.to_json() == plan
+
+
+def test_resolved_plan_applies_defaults_and_inlines_prompt_files(tmp_path: Path) -> None:
+    manifest = load_manifest(materialize(GOOD / "readme-example.yaml", tmp_path))
+    build = manifest.task("build")
+    assert build.prompt == (CORPUS / "prompts" / "build.md").read_text()
+    assert (build.agent, str(build.model), build.directory) == (
+        "build",
+        "anthropic/claude-sonnet-4",
+        str(CORPUS),
+    )
+    assert (build.timeout, build.retries, build.depends_on) == (1800.0, 2, ("plan",))
+    plan_tasks = manifest.to_json()["tasks"]
+    assert all("prompt_file" not in t for t in plan_tasks)
+    assert plan_tasks[1]["prompt"] == build.prompt
+
+
+def test_every_field_is_resolved_as_documented(tmp_path: Path) -> None:
+    manifest = load_manifest(materialize(GOOD / "every-field.yaml", tmp_path))
+    assert (manifest.name, manifest.concurrency) == ("every field", 8)
+    assert manifest.hooks.on_task_end == ("notify-send", "task ended")
+    assert manifest.hooks.on_run_end == ("/usr/bin/env", "echo", "run ended")
+    plan, build = manifest.tasks[:2]
+    assert (plan.agent, str(plan.model), plan.directory) == (
+        "plan",
+        "anthropic/claude-sonnet-4",
+        f"{CORPUS}/prompts",
+    )
+    assert (plan.prompt, plan.timeout, plan.retries) == (
+        "Write PLAN.md.\nTwo lines, kept as written.\n",
+        90.0,
+        5,
+    )
+    assert build.model is not None
+    assert (build.model.provider, build.model.model) == ("openrouter", "meta-llama/llama-3-70b")
+    assert [t.timeout for t in manifest.tasks] == [90.0, 0.5, 900.0, 7200.0]
+    assert [t.retries for t in manifest.tasks] == [5, 0, 0, 0]
+    assert [t.depends_on for t in manifest.tasks] == [(), ("plan",), ("plan", "build"), ()]
+
+
+def test_a_parsed_manifest_is_immutable() -> None:
+    manifest: Manifest = load_manifest(GOOD / "minimal.json")
+    with pytest.raises(AttributeError):
+        manifest.name = "other"  # type: ignore[misc]
