@@ -107,6 +107,13 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         2.0,
         "A file in incoming/ unchanged this long counts as completely written.",
     ),
+    (
+        "--signal-grace",
+        "OCCOORD_SIGNAL_GRACE",
+        click.FloatRange(min=0),
+        30.0,
+        "Seconds a session may stay busy after its task was signalled before it is aborted.",
+    ),
 ]
 
 
@@ -141,6 +148,7 @@ def build_config(spool: Spool, opts: dict[str, Any]) -> tuple[CoordinatorConfig,
         retry_base=opts["retry_base"],
         rescan_interval=opts["rescan_interval"],
         settle_seconds=opts["settle_seconds"],
+        signal_grace=opts["signal_grace"],
     )
     check_config(config)
     choice = ServerChoice(

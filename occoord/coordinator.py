@@ -46,6 +46,7 @@ class CoordinatorConfig:
     # after this long unchanged; a writer that merely pauses is waited for.
     open_writer_seconds: float = 60.0
     hook_timeout: float = 60.0
+    signal_grace: float = 30.0  # a session still busy this long after its task was signalled is aborted
     server_version: str = ""
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
@@ -200,7 +201,7 @@ class Coordinator:
             # An outside writer (usually the agent itself) decided this attempt.
             self.driver.forget(attempt)
             if state.terminal:
-                self.spawn(self.driver.save_result(attempt))
+                self.spawn(self.driver.wind_down(attempt))
         if old is not None and old.terminal and state is TaskState.QUEUED:
             self.requeued(active, task)
         if state is TaskState.FAILED:

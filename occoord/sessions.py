@@ -6,6 +6,7 @@ coordinator's ``move`` so its cache and bookkeeping stay right.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +288,32 @@ class SessionDriver:
             return
         path = active.run.results_dir / f"{attempt.task}.md"
         atomic_write(path, outcome.text.encode("utf-8", "replace"), durable=self.co.spool.durable)
+
+    async def wind_down(self, attempt: Attempt) -> None:
+        """The task was decided from outside (usually by its own agent) while its turn may still run.
+
+        The agent that signalled usually ends its turn at once; a session still busy after the
+        grace period (a script decided for it) is aborted so it stops spending. What the agent said
+        is kept either way.
+        """
+        await self.save_result(attempt)
+        if attempt.session_id is None:
+            return
+        await asyncio.sleep(self.co.config.signal_grace)
+        try:
+            busy = attempt.session_id in await self.client.session_status(attempt.directory)
+        except OccoordError:
+            return
+        if busy:
+            log.info(
+                "%s/%s: session %s still busy %.0f s after the task was signalled; aborting it",
+                attempt.run_id,
+                attempt.task,
+                attempt.session_id,
+                self.co.config.signal_grace,
+            )
+            await self.abort(attempt)
+        await self.save_result(attempt)
 
     async def save_result(self, attempt: Attempt) -> None:
         """The task was signalled from outside: keep what the agent said so far."""

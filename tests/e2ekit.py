@@ -77,7 +77,7 @@ def start_simulator(tmp: Path) -> tuple[Proc, str]:
 
 FAST = (
     "--settle-seconds", "0.3", "--rescan-interval", "5", "--retry-base", "0.1",
-    "--start-timeout", "5", "--idle-timeout", "30", "--task-timeout", "60",
+    "--start-timeout", "5", "--signal-grace", "0.5", "--idle-timeout", "30", "--task-timeout", "60",
 )  # fmt: skip
 
 

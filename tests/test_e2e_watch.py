@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,10 @@ def test_outside_signals_by_mv_touch_and_cli(
     assert record(run_dir, "cli")["reason"] == "by hand"
     assert not any(e.startswith("touch.pending") for e in os.listdir(tasks)), "the stray was reconciled"
     assert verdict["ok"] is False
+    sessions = {record(run_dir, t)["session_id"] for t in ("mv", "touch", "cli")}
+    wait_for(
+        lambda: not sessions & set(sim_status(simulator, workdir)), timeout=15
+    )  # aborted after the grace
 
 
 def test_retryable_errors_are_retried_with_backoff_then_fail(spool: Path, watcher: Proc) -> None:
@@ -301,3 +306,47 @@ def test_run_command_in_the_foreground(tmp_path: Path, workdir: Path) -> None:
     )
     assert dry.returncode == 0 and "level 0: bad" in dry.stdout and "occoord signal" in dry.stdout
     shutil.rmtree(spool)
+
+
+HOOK = """
+import json, os, sys
+facts = {k: v for k, v in os.environ.items() if k.startswith("OCCOORD_")}
+name = facts.get("OCCOORD_TASK", "run")
+with open(os.path.join(sys.argv[1], name + ".json"), "w") as fh:
+    json.dump(facts, fh)
+"""
+
+
+def test_hooks_get_the_facts_in_environment_variables_only(
+    spool: Path, watcher: Proc, tmp_path: Path
+) -> None:
+    out = tmp_path / "hooks"
+    out.mkdir()
+    hook = [sys.executable, "-c", HOOK, str(out)]
+    hostile = "'; touch INJECTED; echo $(id) `id` #"
+    drop(
+        spool,
+        "hooks.json",
+        manifest(
+            task("quick", "[sim: work 0.05] [sim: reply fine]"),
+            task("waits", "[sim: hang]"),
+            hooks={"on_task_end": hook, "on_run_end": hook},
+        ),
+    )
+    run_dir = the_run(spool)
+    wait_state(run_dir, "waits", "pending")
+    subprocess.run(
+        occoord_argv("signal", "--spool", str(spool), run_dir.name, "waits", "failed", "-m", hostile),
+        check=True,
+        capture_output=True,
+    )
+    summary(run_dir)
+    wait_for(lambda: (out / "run.json").exists() and (out / "waits.json").exists(), timeout=20)
+    waits = json.loads((out / "waits.json").read_text())
+    assert waits["OCCOORD_REASON"] == hostile, "the value arrives verbatim, not interpreted"
+    assert waits["OCCOORD_STATE"] == "failed" and waits["OCCOORD_RUN"] == run_dir.name
+    quick = json.loads((out / "quick.json").read_text())
+    assert quick["OCCOORD_STATE"] == "done" and quick["OCCOORD_SESSION_ID"].startswith("ses_")
+    run = json.loads((out / "run.json").read_text())
+    assert run["OCCOORD_STATE"] == "failed" and run["OCCOORD_SUMMARY"] == str(run_dir / "summary.json")
+    assert not list(tmp_path.rglob("INJECTED")) and not Path("INJECTED").exists()
