@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -16,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from occoord.errors import ManifestError, ManifestProblem
 from occoord.fsutil import NotRegularFile, TooLarge, read_limited
+from occoord.manifest_decode import decode_manifest
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
@@ -33,7 +33,7 @@ __all__ = [
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PROMPT_BYTES = 1 << 20
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -136,71 +136,26 @@ TASK_KEYS = (
 HOOK_KEYS = ("on_task_end", "on_run_end")
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader that also refuses aliases (billion laughs) and duplicate keys."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.YAMLError(f"YAML aliases are not allowed (line {event.start_mark.line + 1})")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
-                raise yaml.YAMLError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _decode(source: str, data: bytes, fmt: str) -> Any:
-    if not data.strip():
-        raise ManifestError(source, [ManifestProblem("", "empty file")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(source, [ManifestProblem("", f"not UTF-8 text (byte {exc.start})")]) from exc
-    if "\x00" in text:
-        raise ManifestError(source, [ManifestProblem("", "binary content (NUL byte)")])
-    if fmt == "json":
-        try:
-            return json.loads(text, object_pairs_hook=_json_pairs)
-        except ValueError as exc:
-            raise ManifestError(source, [ManifestProblem("", f"invalid JSON: {exc}")]) from exc
-    try:
-        return yaml.load(text, Loader=_SafeLoader)
-    except yaml.constructor.ConstructorError as exc:
-        reason = "YAML tags that construct objects are not allowed"
-        tag = getattr(exc, "problem", "") or ""
-        raise ManifestError(source, [ManifestProblem("", f"{reason} ({tag})")]) from exc
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise ManifestError(source, [ManifestProblem("", f"invalid YAML: {detail}")]) from exc
-
-
 def parse_duration(value: object) -> float | None:
-    """Seconds from a number or a string like ``90``, ``90s``, ``15m``, ``2h``; None if invalid."""
+    """Seconds from a number or a string like ``90``, ``90s``, ``15m``, ``2h``; None if invalid.
+
+    A duration is positive and finite: ``.inf``, ``NaN`` and numbers too large for a float are not.
+    """
+    seconds: float | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            return None
+    elif isinstance(value, str):
         m = _DURATION.fullmatch(value.strip())
         if m:
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
-            return seconds if seconds > 0 else None
-    return None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
 
 
 class _Checker:
@@ -216,10 +171,10 @@ class _Checker:
     def keys(self, where: str, obj: Mapping[Any, Any], allowed: Sequence[str]) -> None:
         for key in obj:
             if not isinstance(key, str):
-                self.add(where, f"keys must be strings, got {key!r}")
+                self.add(where, f"keys must be strings, got {show(key)}")
             elif key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                more = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+                hint = did_you_mean(key, allowed)
+                more = f"; did you mean '{hint}'?" if hint else f"; allowed: {', '.join(allowed)}"
                 self.add(_join(where, key), f"unknown key{more}")
 
     def string(self, where: str, value: object, *, empty_ok: bool = True) -> str | None:
@@ -259,14 +214,15 @@ class _Checker:
             self.add(where, f"must be an absolute path, got {text!r}")
             return None
         if self.check_dirs and not path.is_dir():
-            self.add(where, f"directory {text!r} does not exist")
+            problem = "exists but is not a directory" if path.exists() else "does not exist"
+            self.add(where, f"directory {text!r} {problem}")
             return None
         return str(path)
 
     def timeout(self, where: str, value: object) -> float | None:
         seconds = parse_duration(value)
         if seconds is None:
-            self.add(where, f"must be a positive duration like 600, '90s', '15m' or '2h', got {value!r}")
+            self.add(where, f"must be a positive duration like 600, '90s', '15m' or '2h', got {show(value)}")
         return seconds
 
     def command(self, where: str, value: object) -> tuple[str, ...]:
@@ -299,6 +255,47 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def show(value: object, limit: int = 80) -> str:
+    """A user's value for a message: a string quoted, anything else as JSON (null, true, {"a": 1}),
+    cut to about ``limit`` characters."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError, RecursionError):  # non-string keys, 5000-digit integers, depth
+            return _kind(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str | None:
+    """The allowed key that ``key`` most likely misspells, or None.
+
+    Keys that share a start with it (``retry``: ``retries``) or hold it come first, the longest
+    shared start winning, then the closest spelling; without such a key, difflib's closest match.
+    """
+    typed = key.lower()
+
+    def shared(name: str) -> int:
+        pairs = enumerate(zip(typed, name, strict=False))
+        return next((i for i, (a, b) in pairs if a != b), min(len(typed), len(name)))
+
+    def related(name: str) -> bool:
+        n = shared(name)
+        if n >= 3 or (n >= 2 and n == min(len(typed), len(name))):
+            return True
+        return min(len(typed), len(name)) >= 4 and (name in typed or typed in name)
+
+    def closeness(name: str) -> float:
+        return difflib.SequenceMatcher(None, typed, name).ratio()
+
+    candidates = [name for name in allowed if related(name)]
+    if candidates:
+        return max(candidates, key=lambda name: (shared(name), closeness(name)))
+    hint = difflib.get_close_matches(typed, allowed, n=1)
+    return hint[0] if hint else None
+
+
 def parse_manifest(
     data: bytes,
     *,
@@ -311,7 +308,7 @@ def parse_manifest(
 
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(source, [ManifestProblem("", f"file is {len(data)} bytes, over the 1 MiB limit")])
-    doc = _decode(source, data, fmt)
+    doc = decode_manifest(source, data, fmt)
     checker = _Checker(check_dirs)
     manifest = build_manifest(doc, checker, Path(source).stem)
     if checker.problems or manifest is None:

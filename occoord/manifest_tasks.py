@@ -15,7 +15,10 @@ from occoord.names import is_valid_id
 if TYPE_CHECKING:
     from occoord.manifest import Manifest, ModelRef, TaskSpec, _Checker
 
-__all__ = ["build_manifest", "find_cycle"]
+__all__ = ["MAX_CYCLES", "build_manifest", "find_cycles"]
+
+#: cycles reported at most (a pathological graph could have one per dependency, each long)
+MAX_CYCLES = 50
 
 
 def build_manifest(doc: Any, checker: _Checker, stem: str) -> Manifest | None:
@@ -26,6 +29,7 @@ def build_manifest(doc: Any, checker: _Checker, stem: str) -> Manifest | None:
         TOP_KEYS,
         Hooks,
         Manifest,
+        show,
     )
 
     if not isinstance(doc, dict):
@@ -34,7 +38,7 @@ def build_manifest(doc: Any, checker: _Checker, stem: str) -> Manifest | None:
     checker.keys("", doc, TOP_KEYS)
     version = doc.get("version", 1)
     if version != 1 or isinstance(version, bool):
-        checker.add("version", f"unsupported manifest version {version!r}; this occoord reads version 1")
+        checker.add("version", f"unsupported manifest version {show(version)}; this occoord reads version 1")
     name = stem
     if "name" in doc:
         name = checker.string("name", doc["name"], empty_ok=False) or stem
@@ -66,7 +70,7 @@ def build_manifest(doc: Any, checker: _Checker, stem: str) -> Manifest | None:
         )
 
     raw_tasks = doc.get("tasks")
-    if raw_tasks is None:
+    if "tasks" not in doc:
         checker.add("tasks", "missing: a manifest needs a list of tasks")
         return None
     if not isinstance(raw_tasks, list):
@@ -77,35 +81,35 @@ def build_manifest(doc: Any, checker: _Checker, stem: str) -> Manifest | None:
         return None
 
     tasks: list[TaskSpec] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # valid id -> index of the first task that has it
+    graph: dict[str, tuple[str, ...]] = {}  # and its valid dependencies, whatever else is wrong
+    deps_at: list[tuple[str, tuple[str, ...]]] = []  # (field, dependencies) of each task
     for index, raw in enumerate(raw_tasks):
         where = f"tasks[{index}]"
         if not isinstance(raw, dict):
             checker.add(where, f"must be an object, got {_kind(raw)}")
             continue
         checker.keys(where, raw, TASK_KEYS)
-        spec = _task(checker, where, raw, defaults)
-        if spec is None:
+        spec, task_id, depends = _task(checker, where, raw, defaults)
+        deps_at.append((f"{where}.depends_on", depends))
+        if task_id is None:
             continue
-        if spec.id in seen:
-            checker.add(f"{where}.id", f"duplicate id {spec.id!r} (also tasks[{seen[spec.id]}])")
+        if task_id in seen:
+            checker.add(f"{where}.id", f"duplicate id {task_id!r} (also tasks[{seen[task_id]}])")
             continue
-        seen[spec.id] = index
-        tasks.append(spec)
+        seen[task_id] = index
+        graph[task_id] = depends
+        if spec is not None:
+            tasks.append(spec)
 
     # Ids of every task written, valid or not: a task with another problem is not also "unknown".
-    written = {raw.get("id") for raw in raw_tasks if isinstance(raw, dict)}
-    for index, raw in enumerate(raw_tasks):
-        if not isinstance(raw, dict) or not isinstance(raw.get("depends_on"), list):
-            continue
-        for dep in raw["depends_on"]:
-            if isinstance(dep, str) and is_valid_id(dep) and dep not in written:
-                checker.add(f"tasks[{index}].depends_on", f"unknown task {dep!r}")
-    if not checker.problems:
-        cycle = find_cycle({t.id: t.depends_on for t in tasks})
-        if cycle:
-            first = seen[cycle[0]]
-            checker.add(f"tasks[{first}].depends_on", "dependency cycle: " + " -> ".join(cycle))
+    written = {raw["id"] for raw in raw_tasks if isinstance(raw, dict) and isinstance(raw.get("id"), str)}
+    for where, depends in deps_at:
+        for dep in depends:
+            if dep not in written:
+                checker.add(where, f"unknown task {dep!r}")
+    for cycle in find_cycles(graph):
+        checker.add(f"tasks[{seen[cycle[0]]}].depends_on", "dependency cycle: " + " -> ".join(cycle))
     if checker.problems:
         return None
     return Manifest(name=name, tasks=tuple(tasks), version=1, concurrency=concurrency, hooks=hooks)
@@ -127,12 +131,15 @@ def _common_fields(checker: _Checker, where: str, raw: dict[str, Any]) -> dict[s
     return out
 
 
-def _task(checker: _Checker, where: str, raw: dict[str, Any], defaults: dict[str, Any]) -> TaskSpec | None:
+def _task(
+    checker: _Checker, where: str, raw: dict[str, Any], defaults: dict[str, Any]
+) -> tuple[TaskSpec | None, str | None, tuple[str, ...]]:
+    """(the task or None if it has a problem, its id if valid, its valid dependencies)."""
     from occoord.manifest import TaskSpec
 
     before = len(checker.problems)
     task_id = raw.get("id")
-    if task_id is None:
+    if "id" not in raw:
         checker.add(f"{where}.id", "missing")
     elif not isinstance(task_id, str):
         checker.add(f"{where}.id", f"must be a string, got {_kind(task_id)}")
@@ -141,43 +148,60 @@ def _task(checker: _Checker, where: str, raw: dict[str, Any], defaults: dict[str
             f"{where}.id",
             f"invalid id {task_id!r}: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit",
         )
-    fields = {**defaults, **{k: v for k, v in _common_fields(checker, where, raw).items()}}
+    valid_id = task_id if isinstance(task_id, str) and is_valid_id(task_id) else None
+    fields = {**defaults, **_common_fields(checker, where, raw)}
     role = checker.string(f"{where}.role", raw["role"]) if "role" in raw else ""
     description = checker.string(f"{where}.description", raw["description"]) if "description" in raw else ""
-    depends: list[str] = []
-    if "depends_on" in raw:
-        value = raw["depends_on"]
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            checker.add(f"{where}.depends_on", f"must be a list of task ids, got {_kind(value)}")
-        else:
-            for i, dep in enumerate(value):
-                if not isinstance(dep, str) or not is_valid_id(dep):
-                    checker.add(f"{where}.depends_on[{i}]", f"invalid task id {dep!r}")
-                elif dep == task_id:
-                    checker.add(f"{where}.depends_on", f"task {dep!r} depends on itself")
-                elif dep not in depends:
-                    depends.append(dep)
-    prompt = _prompt(checker, where, raw, fields.get("directory"))
-    if len(checker.problems) > before or not isinstance(task_id, str) or prompt is None:
-        return None
+    depends = (
+        _depends(checker, f"{where}.depends_on", raw["depends_on"], valid_id) if "depends_on" in raw else ()
+    )
+    # a directory that was given but is wrong is reported as such, not also as a missing one
+    prompt = _prompt(checker, where, raw, fields.get("directory"), given="directory" in fields)
+    if len(checker.problems) > before or valid_id is None or prompt is None:
+        return None, valid_id, depends
     model: ModelRef | None = fields.get("model")
-    return TaskSpec(
-        id=task_id,
+    spec = TaskSpec(
+        id=valid_id,
         prompt=prompt,
         role=role or "",
         description=description or "",
         agent=fields.get("agent"),
         model=model,
         directory=fields.get("directory"),
-        depends_on=tuple(depends),
+        depends_on=depends,
         timeout=fields.get("timeout"),
         retries=fields["retries"] if fields.get("retries") is not None else 2,
     )
+    return spec, valid_id, depends
 
 
-def _prompt(checker: _Checker, where: str, raw: dict[str, Any], directory: str | None) -> str | None:
+def _depends(checker: _Checker, where: str, value: object, task_id: str | None) -> tuple[str, ...]:
+    """The valid task ids of ``depends_on``: a list of ids, or one id standing for a list of one."""
+    from occoord.manifest import show
+
+    if isinstance(value, str):
+        items, paths = [value], [where]
+    elif isinstance(value, list):
+        items, paths = value, [f"{where}[{i}]" for i in range(len(value))]
+    else:
+        checker.add(where, f"must be a list of task ids, got {_kind(value)}")
+        return ()
+    depends: list[str] = []
+    for dep, path in zip(items, paths, strict=True):
+        if not isinstance(dep, str) or not is_valid_id(dep):
+            checker.add(path, f"invalid task id {show(dep)}")
+        elif dep == task_id:
+            checker.add(where, f"task {dep!r} depends on itself")
+        elif dep not in depends:
+            depends.append(dep)
+    return tuple(depends)
+
+
+def _prompt(
+    checker: _Checker, where: str, raw: dict[str, Any], directory: str | None, *, given: bool
+) -> str | None:
+    """The task's prompt, read from ``prompt_file`` if need be. ``given``: a directory was written
+    (``directory`` is None then if it is invalid, a problem already reported)."""
     from occoord.manifest import MAX_PROMPT_BYTES
 
     has_prompt, has_file = "prompt" in raw, "prompt_file" in raw
@@ -200,7 +224,10 @@ def _prompt(checker: _Checker, where: str, raw: dict[str, Any], directory: str |
         )
         return None
     if directory is None:
-        checker.add(f"{where}.prompt_file", "needs a directory (in the task or in defaults) to be read from")
+        if not given:
+            checker.add(
+                f"{where}.prompt_file", "needs a directory (in the task or in defaults) to be read from"
+            )
         return None
     path = Path(directory) / pure
     try:
@@ -222,27 +249,34 @@ def _prompt(checker: _Checker, where: str, raw: dict[str, Any], directory: str |
     return text
 
 
-def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """A dependency cycle as a path ``[a, b, ..., a]``, or None. Iterative DFS: no recursion limit."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+def find_cycles(graph: dict[str, tuple[str, ...]], limit: int = MAX_CYCLES) -> list[list[str]]:
+    """Dependency cycles as paths ``[a, b, ..., a]``: one for each edge that closes a cycle in a
+    depth-first walk in the graph's order (every cycle of the graph uses one of those edges), at
+    most ``limit``. Iterative: no recursion limit. Edges to tasks not in ``graph`` are ignored.
+    """
+    cycles: list[list[str]] = []
+    finished: set[str] = set()
     for root in graph:
-        if state.get(root):
+        if root in finished:
             continue
         path: list[str] = [root]
-        stack = [iter(graph.get(root, ()))]
-        state[root] = 1
+        on_path = {root: 0}  # task -> its position in path
+        stack = [iter(graph[root])]
         while stack:
             nxt = next(stack[-1], None)
             if nxt is None:
-                state[path.pop()] = 2
+                finished.add(path[-1])
+                del on_path[path.pop()]
                 stack.pop()
-            elif state.get(nxt) == 1:
-                return [*path[path.index(nxt) :], nxt]
-            elif not state.get(nxt):
-                state[nxt] = 1
+            elif nxt in on_path:
+                cycles.append([*path[on_path[nxt] :], nxt])
+                if len(cycles) >= limit:
+                    return cycles
+            elif nxt in graph and nxt not in finished:
+                on_path[nxt] = len(path)
                 path.append(nxt)
-                stack.append(iter(graph.get(nxt, ())))
-    return None
+                stack.append(iter(graph[nxt]))
+    return cycles
 
 
 def _kind(value: object) -> str:

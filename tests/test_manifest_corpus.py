@@ -5,7 +5,7 @@ them, every problem each must report (field path and reason) and nothing else. `
 (and the shipped examples) must parse, and their resolved form, ``Manifest.to_json``, must parse
 back to the same manifest. ``@MANIFESTS@`` in a file stands for the absolute path of
 ``manifests/`` (a manifest's directories must be absolute), so such files are copied with it
-filled in before loading. Cases the parser gets wrong today are strict xfails: each is a bug.
+filled in before loading.
 """
 
 from __future__ import annotations
@@ -21,7 +21,19 @@ import pytest
 import yaml
 
 from occoord.errors import ManifestError, ManifestProblem
-from occoord.manifest import MAX_MANIFEST_BYTES, MAX_PROMPT_BYTES, Manifest, load_manifest, parse_manifest
+from occoord.manifest import (
+    DEFAULT_KEYS,
+    HOOK_KEYS,
+    MAX_MANIFEST_BYTES,
+    MAX_PROMPT_BYTES,
+    TASK_KEYS,
+    TOP_KEYS,
+    Manifest,
+    did_you_mean,
+    load_manifest,
+    parse_manifest,
+)
+from occoord.manifest_tasks import MAX_CYCLES, find_cycles
 
 CORPUS = Path(__file__).parent / "manifests"
 BAD = CORPUS / "bad"
@@ -79,38 +91,37 @@ class BadCase:
     name: str
     expected: tuple[Expected, ...]
     schema_rejects: bool
-    xfail: str | None
-    schema_xfail: str | None
 
     @property
     def path(self) -> Path:
         return BAD / self.name
 
 
+ENTRY_KEYS = {"problems", "schema"}
+
+
 def bad_cases() -> list[BadCase]:
     entries: dict[str, Any] = json.loads(EXPECTATIONS.read_text(encoding="utf-8"))
-    return [
-        BadCase(
-            name,
-            tuple(Expected.parse(text) for text in entry["problems"]),
-            entry.get("schema") == "reject",
-            entry.get("xfail"),
-            entry.get("schema_xfail"),
+    cases = []
+    for name, entry in entries.items():
+        if name.startswith("$"):
+            continue
+        assert set(entry) <= ENTRY_KEYS, f"expected.json: {name}: unknown keys {set(entry) - ENTRY_KEYS}"
+        assert entry.get("schema", "reject") == "reject", (
+            f"expected.json: {name}: schema is 'reject' or absent"
         )
-        for name, entry in entries.items()
-        if not name.startswith("$")
-    ]
+        problems = tuple(Expected.parse(text) for text in entry["problems"])
+        cases.append(BadCase(name, problems, entry.get("schema") == "reject"))
+    return cases
 
 
-def case_param(case: BadCase, xfail: str | None) -> Any:
-    """``pytest.param`` named by the case's file, a strict xfail if ``xfail`` gives a reason."""
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-    return pytest.param(case, id=case.name, marks=marks)
+def case_param(case: BadCase) -> Any:
+    """``pytest.param`` named by the case's file."""
+    return pytest.param(case, id=case.name)
 
 
 def bad_params() -> list[Any]:
-    """Every bad case, an xfail where the parser does not (yet) report what it declares."""
-    return [case_param(case, case.xfail) for case in bad_cases()]
+    return [case_param(case) for case in bad_cases()]
 
 
 def good_paths() -> list[Path]:
@@ -129,8 +140,8 @@ def materialize(path: Path, tmp_path: Path) -> Path:
 
 
 def decode(path: Path) -> Any:
-    """The document as a plain JSON or YAML reader sees it (no occoord rules)."""
-    text = path.read_text(encoding="utf-8")
+    """The document as a plain JSON or YAML reader sees it (no occoord rules; a BOM is skipped)."""
+    text = path.read_text(encoding="utf-8-sig")
     return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
 
 
@@ -232,6 +243,46 @@ def test_prompt_files_that_are_symlinks_or_too_large_are_refused(tmp_path: Path)
             f"tasks[1].prompt_file: {tmp_path}/big.md: 1048577 bytes, over the limit of 1048576",
         ),
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_deeply_nested_document_is_an_error_not_a_crash(fmt: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(b"[" * 100_000, source=f"deep.{fmt}", fmt=fmt)
+    assert_problems(info.value, expect(f"{ROOT}: nested too deeply"))
+
+
+@pytest.mark.parametrize(
+    ("key", "allowed", "hint"),
+    [
+        ("retry", DEFAULT_KEYS, "retries"),
+        ("retires", DEFAULT_KEYS, "retries"),
+        ("dir", TASK_KEYS, "directory"),
+        ("desc", TASK_KEYS, "description"),
+        ("dependencies", TASK_KEYS, "depends_on"),
+        ("prompts", TASK_KEYS, "prompt"),
+        ("prompt_files", TASK_KEYS, "prompt_file"),
+        ("Prompt", TASK_KEYS, "prompt"),
+        ("ids", TASK_KEYS, "id"),
+        ("task", TOP_KEYS, "tasks"),
+        ("on_end", HOOK_KEYS, "on_run_end"),
+        ("concurency", TOP_KEYS, "concurrency"),
+        ("owner", TOP_KEYS, None),
+        ("priority", TASK_KEYS, None),
+    ],
+)
+def test_did_you_mean_prefers_a_shared_start(key: str, allowed: Sequence[str], hint: str | None) -> None:
+    assert did_you_mean(key, allowed) == hint
+
+
+def test_every_cycle_is_found_up_to_a_limit() -> None:
+    assert find_cycles({"a": ("b",), "b": ("c",), "c": ()}) == []
+    assert find_cycles({"a": ("b", "x"), "b": ("a",)}) == [["a", "b", "a"]]  # x is no task: ignored
+    # one long chain whose every task also depends on the first: a cycle per task
+    chain = {f"t{i}": (f"t{i + 1}", "t0") for i in range(1000)} | {"t1000": ("t0",)}
+    cycles = find_cycles(chain)
+    assert len(cycles) == MAX_CYCLES
+    assert cycles[0] == [*chain, "t0"]  # depth first: the longest comes first
 
 
 def test_error_message_names_the_file_and_every_problem() -> None:
