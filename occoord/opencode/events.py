@@ -252,8 +252,12 @@ class EventStream:
         *,
         reconnect_min: float = 0.2,
         reconnect_max: float = 5.0,
+        silence_timeout: float = 45.0,
     ) -> None:
         self._client = client
+        # The server sends a heartbeat every ~10 s: a connection silent for much longer is hung
+        # (a stalled server or a half-open TCP connection) and is dropped and reopened.
+        self._silence = silence_timeout
         self._min = reconnect_min
         self._max = max(reconnect_max, reconnect_min)
         self._closed = False
@@ -293,7 +297,19 @@ class EventStream:
                             log.info("event stream reconnected to %s", self._client.url)
                             queue.put_nowait(StreamReconnected())
                         opened_before = True
-                        async for sse in EventSource(response).aiter_sse():
+                        events = EventSource(response).aiter_sse()
+                        while True:
+                            try:
+                                sse = await asyncio.wait_for(anext(events), self._silence)
+                            except StopAsyncIteration:
+                                break
+                            except TimeoutError:
+                                log.warning(
+                                    "event stream from %s silent for %.0f s; reconnecting",
+                                    self._client.url,
+                                    self._silence,
+                                )
+                                break
                             event = self._decode(sse.data)
                             if event is not None:
                                 queue.put_nowait(event)

@@ -350,3 +350,62 @@ def test_stream_keeps_trying_while_nothing_listens() -> None:
 
     count, alive = asyncio.run(scenario())
     assert alive and count == 0
+
+
+class SilentSseServer:
+    """First connection: ``server.connected``, then silence with the socket open (a hung server).
+    Later connections send an idle event."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/global/event", self._events)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self.connections += 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(envelope("server.connected", {}, "global")))
+        if self.connections == 1:
+            await asyncio.sleep(30)  # hung: nothing more, not even heartbeats
+            return response
+        await response.write(sse(envelope("session.idle", {"sessionID": "ses_1"})))
+        await asyncio.sleep(30)
+        return response
+
+
+def test_a_silent_stream_is_dropped_and_reopened() -> None:
+    async def scenario() -> tuple[list[Event], int]:
+        server = SilentSseServer()
+        url = await server.start()
+        client = OpenCodeClient(url, timeout=5)
+        stream = EventStream(client, reconnect_min=0.01, reconnect_max=0.05, silence_timeout=0.3)
+        try:
+            got = await asyncio.wait_for(collect_until_idle(stream), 10)
+            return got, server.connections
+        finally:
+            await stream.aclose()
+            await client.aclose()
+            await server.stop()
+
+    got, connections = asyncio.run(scenario())
+    assert connections == 2
+    assert got == [
+        ServerConnected("global"),
+        StreamReconnected(),
+        ServerConnected("global"),
+        SessionIdle(DIR, "ses_1"),
+    ]
