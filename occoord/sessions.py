@@ -174,14 +174,7 @@ class SessionDriver:
             log.warning("%s/%s: cannot re-attach yet: %s", active.id, task, exc)
             return
         if session is None:
-            self.forget(attempt)
-            self.co.move(
-                active,
-                task,
-                TaskState.PENDING,
-                TaskState.QUEUED,
-                "its session is gone (server restarted?); new attempt",
-            )
+            self.session_gone(attempt)
             return
         log.info("%s/%s: re-attaching to session %s", active.id, task, record.session_id)
         await self.start(active, attempt, find_existing=False)
@@ -232,6 +225,13 @@ class SessionDriver:
         attempt.settling = True
         try:
             messages = await self.client.messages(attempt.session_id, attempt.directory)
+        except ApiError as exc:
+            if exc.not_found:
+                self.session_gone(attempt)
+                return
+            attempt.settling = False
+            log.warning("%s/%s: cannot read the session's messages: %s", attempt.run_id, attempt.task, exc)
+            return
         except OccoordError as exc:
             attempt.settling = False
             log.warning("%s/%s: cannot read the session's messages: %s", attempt.run_id, attempt.task, exc)
@@ -245,6 +245,23 @@ class SessionDriver:
         else:
             retryable = outcome.kind == "not_started" or bool(outcome.retryable)
             await self.settle(attempt, outcome, outcome_reason(outcome), retryable=retryable)
+
+    def session_gone(self, attempt: Attempt) -> None:
+        """The server no longer knows the session (it lost its data, or was replaced): the attempt
+        did not fail on its own account, so the task goes back to the queue for a new attempt."""
+        attempt.settling = True
+        self.forget(attempt)
+        active = self.co.runs.get(attempt.run_id)
+        if active is None:
+            return
+        record = active.run.tasks.read(attempt.task)
+        if record is None or record.state is not TaskState.PENDING or record.attempt != attempt.attempt:
+            return
+        log.warning(
+            "%s/%s: session %s is gone; new attempt", attempt.run_id, attempt.task, attempt.session_id
+        )
+        reason = "its session is gone (server restarted?); new attempt"
+        self.co.move(active, attempt.task, TaskState.PENDING, TaskState.QUEUED, reason)
 
     async def settle(
         self,
