@@ -165,6 +165,15 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signals.SIGINT, signals.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signals.SIGUSR1, _dump_tasks)
+
+
+def _dump_tasks() -> None:
+    """`kill -USR1 PID` prints what every asyncio task is waiting on (for a watcher that seems stuck)."""
+    tasks = asyncio.all_tasks()
+    click.echo(f"occoord: {len(tasks)} asyncio tasks", err=True)
+    for task in tasks:
+        task.print_stack(limit=8, file=sys.stderr)
 
 
 @click.command()
@@ -174,7 +183,8 @@ def watch(spool_dir: Path, **opts: Any) -> None:
     """Serve the spool until SIGINT/SIGTERM: accept manifests, run tasks, record outcomes.
 
     One coordinator is active per spool; a second `watch` waits as a standby and takes over when the
-    first stops. Unfinished runs resume on start, re-attaching to their sessions.
+    first stops. Unfinished runs resume on start, re-attaching to their sessions. `kill -USR1 PID`
+    prints what it is waiting on (to stderr).
     """
     from occoord.service import serve
 

@@ -297,23 +297,20 @@ class EventStream:
                             log.info("event stream reconnected to %s", self._client.url)
                             queue.put_nowait(StreamReconnected())
                         opened_before = True
-                        events = EventSource(response).aiter_sse()
-                        while True:
-                            try:
-                                sse = await asyncio.wait_for(anext(events), self._silence)
-                            except StopAsyncIteration:
-                                break
-                            except TimeoutError:
-                                log.warning(
-                                    "event stream from %s silent for %.0f s; reconnecting",
-                                    self._client.url,
-                                    self._silence,
-                                )
-                                break
-                            event = self._decode(sse.data)
-                            if event is not None:
-                                queue.put_nowait(event)
+                        loop = asyncio.get_running_loop()
+                        async with asyncio.timeout(self._silence) as silence:
+                            async for sse in EventSource(response).aiter_sse():
+                                silence.reschedule(loop.time() + self._silence)
+                                event = self._decode(sse.data)
+                                if event is not None:
+                                    queue.put_nowait(event)
                     log.info("event stream from %s ended; reconnecting", self._client.url)
+                except TimeoutError:
+                    log.warning(
+                        "event stream from %s silent for %.0f s; reconnecting",
+                        self._client.url,
+                        self._silence,
+                    )
                 except Exception as exc:
                     # Anything at all (refused, reset, bad status, decoder error): the only answer
                     # is to try again; the consumer learns of the gap through StreamReconnected.
