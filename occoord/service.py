@@ -4,6 +4,12 @@ the event stream and the coordinator, started in order and stopped in reverse.
 One coordinator is active per spool: it holds ``SPOOL/.watcher.lock`` (flock) for its lifetime.
 A second ``occoord watch`` on the same spool waits as a hot standby and takes over when the first
 exits or dies, so two watchers never dispatch the same task twice.
+
+A server the coordinator spawns is recorded in ``SPOOL/server.json`` (pid, URL, password; mode 0600)
+while it runs. A coordinator that dies without stopping it (SIGKILL, OOM) leaves it running, with its
+sessions; the next coordinator of the spool re-uses it from that record, so pending tasks re-attach to
+their live sessions instead of starting over on a second server. A clean stop stops the server and
+removes the record.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from typing import Any
 
 from occoord.coordinator import Coordinator, CoordinatorConfig
 from occoord.errors import ConfigError
+from occoord.fsutil import atomic_write
 from occoord.spool import Spool
 from occoord.watcher import Hint, SpoolWatcher
 
-__all__ = ["ServerChoice", "SpoolLock", "serve"]
+__all__ = ["SERVER_FILE", "ServerChoice", "SpoolLock", "serve"]
 
 log = logging.getLogger(__name__)
+
+SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,14 @@ def _settle(fut: asyncio.Future[int], fd: int) -> None:
 
 
 @asynccontextmanager
-async def opencode_backend(choice: ServerChoice, workdir: Path) -> AsyncIterator[tuple[Any, str]]:
-    """Yield (client, server version) for the chosen server, and stop what we started."""
+async def opencode_backend(
+    choice: ServerChoice, workdir: Path, *, state_file: Path | None = None
+) -> AsyncIterator[tuple[Any, str]]:
+    """Yield (client, server version) for the chosen server, and stop what we started.
+
+    A spawned server is recorded in ``state_file`` while it runs, and a still-running server found
+    recorded there (left by a coordinator that died) is re-used rather than started anew.
+    """
     from occoord.opencode import OpenCodeClient, OpenCodeServer, Simulator
 
     simulator = server = None
@@ -101,7 +116,7 @@ async def opencode_backend(choice: ServerChoice, workdir: Path) -> AsyncIterator
             url, password = choice.url, choice.password
         else:
             server = OpenCodeServer(binary=choice.binary, cwd=workdir, log_path=choice.log_path)
-            await server.start()
+            await start_or_adopt(server, state_file)
             url, password = server.url, server.password
         client = OpenCodeClient(url, password=password)
         try:
@@ -112,8 +127,28 @@ async def opencode_backend(choice: ServerChoice, workdir: Path) -> AsyncIterator
     finally:
         if server is not None:
             await server.stop()
+            if state_file is not None:
+                state_file.unlink(missing_ok=True)
         if simulator is not None:
             await simulator.astop()
+
+
+async def start_or_adopt(server: Any, state_file: Path | None) -> None:
+    """Re-use the server recorded in ``state_file`` if it still runs and fits, else start ``server``;
+    then record it there (before any session exists on it)."""
+    from occoord.opencode.server import ServerRecord
+
+    if state_file is None:
+        await server.start()
+        return
+    try:
+        previous = ServerRecord.from_bytes(state_file.read_bytes())
+    except FileNotFoundError:
+        previous = None
+    if previous is None or not await server.adopt(previous):
+        state_file.unlink(missing_ok=True)  # stale: that server is gone (or was just stopped)
+        await server.start()
+    atomic_write(state_file, server.record().to_bytes())
 
 
 async def serve(
@@ -136,7 +171,8 @@ async def serve(
         return None
     stopping.cancel()
     try:
-        async with opencode_backend(choice, config.workdir) as (client, version):
+        state_file = spool.root / SERVER_FILE
+        async with opencode_backend(choice, config.workdir, state_file=state_file) as (client, version):
             config = replace(config, server_version=version)
             coordinator = Coordinator(spool, client, config)
             loop = asyncio.get_running_loop()

@@ -12,6 +12,8 @@ if [ "${OCCOORD_SKIP_OPENCODE:-0}" != "1" ] && [ -x contrib/install-opencode.sh 
   stage_start "install the pinned opencode-ai (real server for e2e tests)"
   OCCOORD_OPENCODE_BIN="$(contrib/install-opencode.sh | tail -n 1)"
   export OCCOORD_OPENCODE_BIN
+  # From here on a missing binary FAILS the real-server tests instead of skipping them.
+  export OCCOORD_REQUIRE_OPENCODE=1
   echo "opencode: $OCCOORD_OPENCODE_BIN"
   stage_end
 fi

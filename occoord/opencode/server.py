@@ -8,6 +8,12 @@ quoted in errors so a failed start explains itself.
 
 This module deliberately talks to ``/global/health`` with plain httpx: the client module has its own
 retry policy, which would only blur the deadlines here.
+
+A coordinator killed with SIGKILL leaves its server running (the server has its own process group, and
+it carries on, sessions and turns included, with its output pipes closed). :meth:`OpenCodeServer.record`
+describes a started server (pid, URL, password, how it was started) so that the next coordinator can
+:meth:`~OpenCodeServer.adopt` it instead of starting a second server on the same data directory:
+then nothing is lost, no turn is run twice, and no two servers fight over one database.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -23,6 +31,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +39,7 @@ import httpx
 
 from occoord.errors import ServerUnavailable
 
-__all__ = ["OpenCodeServer", "find_binary"]
+__all__ = ["OpenCodeServer", "ServerRecord", "find_binary", "process_token"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,11 @@ _TAIL_LINES = 30
 _STOP_GRACE = 5.0
 _HEALTH_POLL = 0.2
 _HEALTH_REQUEST_TIMEOUT = 5.0
+_ADOPT_HEALTH_DEADLINE = 10.0
+# What shapes a server beyond its binary: where it keeps its data and its configuration. A server
+# started with other values of these is not re-used (its password is compared separately).
+_FINGERPRINT_VARS = re.compile(r"^(HOME|XDG_[A-Z_]+|OPENCODE_[A-Z_]+)$")
+_PROC = Path("/proc")
 
 
 def _resolve(candidate: str) -> str | None:
@@ -63,6 +77,82 @@ def _pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state is [0]); None if unreadable."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a dead orphan waiting for init to reap it)."""
+    if not (_PROC / "self" / "stat").exists():
+        return _pid_exists(pid)  # no /proc: the best we can tell
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def process_token(pid: int) -> str | None:
+    """What tells this process from a later one that reuses its pid: the boot id and the process's
+    start time (Linux /proc). None where that cannot be read."""
+    fields = _proc_stat(pid)
+    try:
+        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return None
+    if fields is None or len(fields) < 20:
+        return None
+    return f"{boot}:{fields[19]}"  # field 22 of stat: starttime, in clock ticks after boot
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A started server as the next coordinator needs to find it again (see the module docstring).
+
+    It holds the server's password: keep it where only the server's owner can read it.
+    """
+
+    pid: int
+    url: str
+    password: str
+    binary: str
+    version: str
+    started: str | None  # process_token(pid) at start: guards against a reused pid
+    fingerprint: str  # of the environment it was started with
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"protocol": 1, **asdict(self)}, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServerRecord | None:
+        """Parse a record; None for anything that is not one (a torn or foreign file)."""
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        strings = ("url", "password", "binary", "version", "fingerprint")
+        if not isinstance(obj.get("pid"), int) or obj["pid"] <= 0:
+            return None
+        if not all(isinstance(obj.get(name), str) for name in strings):
+            return None
+        started = obj.get("started")
+        if started is not None and not isinstance(started, str):
+            return None
+        return cls(
+            pid=obj["pid"],
+            url=obj["url"],
+            password=obj["password"],
+            binary=obj["binary"],
+            version=obj["version"],
+            started=started,
+            fingerprint=obj["fingerprint"],
+        )
 
 
 def find_binary(explicit: str | None = None) -> str:
@@ -116,7 +206,10 @@ class OpenCodeServer:
         self.url = ""
         self.version = ""
         self.pid: int | None = None
+        self.binary = ""  # the resolved binary of the running server
         self.restarts = 0
+        self.adopted = False  # the running server was started by a previous coordinator
+        self._token: str | None = None  # process_token(pid) of the running server
         self._proc: asyncio.subprocess.Process | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._log: IO[bytes] | None = None
@@ -135,7 +228,76 @@ class OpenCodeServer:
 
     def alive(self) -> bool:
         """True while the process runs. Its death is noticed by the event loop, so this lags by a tick."""
+        if self.adopted:
+            return self.pid is not None and _running(self.pid) and process_token(self.pid) == self._token
         return self._proc is not None and self._proc.returncode is None
+
+    def record(self) -> ServerRecord:
+        """How to find this (started) server again: see :meth:`adopt`."""
+        if self.pid is None or not self.url or not self.alive():
+            raise RuntimeError("the opencode server is not running")
+        return ServerRecord(
+            pid=self.pid,
+            url=self.url,
+            password=self.password,
+            binary=self.binary,
+            version=self.version,
+            started=self._token,
+            fingerprint=self._fingerprint(),
+        )
+
+    async def adopt(self, record: ServerRecord) -> bool:
+        """Take over the still-running server ``record`` describes, instead of starting one.
+
+        Re-used only if it is the very process recorded (pid and start time), runs the binary this
+        object would start, with the same environment, and answers healthy with the recorded
+        password; then True, and :meth:`stop` stops it like a server started here. A recorded server
+        that runs but does not qualify is stopped (it would share our data directory), and False is
+        returned: call :meth:`start`. A process that merely reuses the pid is never touched (nor, where
+        no start time can be read, one that does not answer as the recorded server).
+        """
+        async with self._lock:
+            if self.alive():
+                return False
+            if not _running(record.pid) or process_token(record.pid) != record.started:
+                return False  # gone, or the pid now belongs to someone else
+            await self._cleanup()
+            try:
+                binary = find_binary(self._binary_arg)
+            except ServerUnavailable:
+                binary = ""
+            self.pid, self.url, self.password = record.pid, record.url, record.password
+            self.binary, self.version, self._token = record.binary, record.version, record.started
+            self.adopted = True
+            reason = None
+            if record.binary != binary:
+                reason = f"it runs {record.binary}, not {binary or 'the binary asked for'}"
+            elif record.fingerprint != self._fingerprint():
+                reason = "it was started with another environment (HOME, XDG_*, OPENCODE_*)"
+            else:
+                try:
+                    within = min(self.health_deadline, _ADOPT_HEALTH_DEADLINE)
+                    self.version = await self._await_healthy(within)
+                except ServerUnavailable as exc:
+                    reason = str(exc)
+            if reason is not None:
+                log.warning(
+                    "not re-using opencode pid %s left by a previous coordinator (%s); stopping it",
+                    record.pid,
+                    reason,
+                )
+                if record.started is None:
+                    self.adopted = False  # its identity is unproven (no /proc): never signal it
+                else:
+                    await self._cleanup()
+                self.url = self.version = ""
+                return False
+            self._note_in_log(
+                f"re-using pid {self.pid} at {self.url}, started by a previous coordinator "
+                "(its output was not captured since)"
+            )
+            log.warning("re-using opencode %s at %s (pid %s)", self.version, self.url, self.pid)
+            return True
 
     async def start(self) -> str:
         """Start the server (no-op if it already runs) and return its URL once it answers healthy."""
@@ -159,13 +321,13 @@ class OpenCodeServer:
         async with self._lock:
             if self.alive():
                 return False
-            died = self._proc is not None
+            died = self._proc is not None or self.adopted
             if died:
                 log.warning(
                     "opencode server %s (pid %s) exited with code %s; restarting",
                     self.url,
                     self.pid,
-                    self._proc.returncode if self._proc else None,
+                    self._proc.returncode if self._proc else "unknown",
                 )
             await self._cleanup()
             await self._start_locked()
@@ -185,9 +347,15 @@ class OpenCodeServer:
         env["OPENCODE_SERVER_PASSWORD"] = self.password
         return env
 
+    def _fingerprint(self) -> str:
+        env = self._child_env()
+        env.pop("OPENCODE_SERVER_PASSWORD")
+        items = sorted((k, v) for k, v in env.items() if _FINGERPRINT_VARS.match(k))
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
     async def _start_locked(self) -> str:
         binary = find_binary(self._binary_arg)
-        self.url, self.version, self.pid = "", "", None
+        self.url, self.version, self.pid, self.binary, self._token = "", "", None, binary, None
         self._tail.clear()
         self._open_log(binary)
         started = time.monotonic()
@@ -209,7 +377,7 @@ class OpenCodeServer:
         except OSError as exc:
             self._close_log()
             raise ServerUnavailable("opencode", f"cannot run {binary}: {exc}") from exc
-        self._proc, self.pid = proc, proc.pid
+        self._proc, self.pid, self._token = proc, proc.pid, process_token(proc.pid)
         self._listening = asyncio.get_running_loop().create_future()
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
@@ -257,9 +425,10 @@ class OpenCodeServer:
             f"{self.start_deadline:g} s; killed it{self._quoted_tail()}",
         )
 
-    async def _await_healthy(self) -> str:
+    async def _await_healthy(self, within: float | None = None) -> str:
         """Poll /global/health until it says healthy; returns the version it reports."""
-        deadline = time.monotonic() + self.health_deadline
+        within = self.health_deadline if within is None else within
+        deadline = time.monotonic() + within
         last = "no answer yet"
         auth = httpx.BasicAuth(self.username, self.password)
         async with httpx.AsyncClient(auth=auth, timeout=_HEALTH_REQUEST_TIMEOUT, trust_env=False) as http:
@@ -274,7 +443,7 @@ class OpenCodeServer:
                 if remaining <= 0:
                     raise ServerUnavailable(
                         self.url,
-                        f"not healthy within {self.health_deadline:g} s (last: {last}){self._quoted_tail()}",
+                        f"not healthy within {within:g} s (last: {last}){self._quoted_tail()}",
                     )
                 try:
                     resp = await http.get(
@@ -298,6 +467,20 @@ class OpenCodeServer:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._log.write(f"=== occoord: {stamp} starting {binary} serve in {self.cwd}\n".encode())
         self._log.flush()
+
+    def _note_in_log(self, text: str) -> None:
+        if self.log_path is None:
+            return
+        line = f"=== occoord: {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode()
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot write opencode log %s: %s", self.log_path, exc)
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -351,8 +534,27 @@ class OpenCodeServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    async def _wait_gone(self, timeout: float) -> bool:
+        """Poll until an adopted server (not our child: no wait()) has exited."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def _cleanup(self) -> None:
         """Kill what is left of the process group, stop the pumps, close the log. Idempotent."""
+        if self.adopted:
+            if self.alive():
+                self._signal_group(signal.SIGTERM)
+                if not await self._wait_gone(_STOP_GRACE):
+                    log.warning("opencode pid %s ignored SIGTERM for %g s; killing", self.pid, _STOP_GRACE)
+                    self._signal_group(signal.SIGKILL)
+                    await self._wait_gone(_STOP_GRACE)
+            if self.pid is not None and not _pid_exists(self.pid):
+                self._signal_group(signal.SIGKILL)  # helpers left in its group
+            self.adopted = False
         proc = self._proc
         if proc is not None:
             if proc.returncode is None:

@@ -10,14 +10,9 @@ from typing import Any
 
 import pytest
 from support.fakemodel import FakeModel
-from support.opencode_env import Backend, LoopThread, RealServer, opencode_binary, opencode_env
+from support.opencode_env import Backend, LoopThread, RealServer, opencode_env, require_binary
 
 from occoord.opencode.server import OpenCodeServer
-
-NO_BINARY = (
-    "real opencode binary not found: run contrib/install-opencode.sh (installs into .opencode/) "
-    "or set OCCOORD_OPENCODE_BIN"
-)
 
 
 def _start_real(binary: str, root: Path, model: FakeModel) -> RealServer:
@@ -56,10 +51,8 @@ def fake_model() -> Iterator[FakeModel]:
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> str:
-    binary = opencode_binary()
-    if binary is None:
-        pytest.skip(NO_BINARY)
-    return binary
+    """The real binary; its absence skips the test, or fails it under OCCOORD_REQUIRE_OPENCODE=1 (CI)."""
+    return require_binary()
 
 
 @pytest.fixture

@@ -11,9 +11,13 @@ Directives (read from the LAST user message's text; one per line):
 ``[model: error 400]``      answer with that HTTP status and an OpenAI-style error body
 ``[model: bash CMD...]``    call the bash tool with ``{"command": CMD}`` (CMD runs to the line's last ``]``)
 ``[model: signal done]``    call bash with the prompt's ``success:`` line (``failed`` → ``failure:``)
+``[model: mv done]``        call bash with the prompt's ``success: mv ...`` line (the plain rename)
 
 A request whose last message is a tool result is answered with ``finished``. A request without tools
 is OpenCode's title generator and gets a short title. Unknown directives give a plain text answer.
+
+A slow streamed answer watches its connection while it waits: a client that hangs up (OpenCode
+aborting the turn) ends it at once, and the request is listed in :meth:`FakeModel.cut_requests`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -67,13 +73,14 @@ def _text_of(message: dict[str, Any]) -> str:
     return ""
 
 
-def _labelled_line(text: str, label: str) -> str | None:
-    """The rest of the first line starting with ``label`` (e.g. ``success:``), stripped."""
+def _labelled_line(text: str, label: str, command: str = "") -> str | None:
+    """The rest of the first line starting with ``label`` (e.g. ``success:``), stripped; with
+    ``command``, the first such line whose rest starts with that word (e.g. ``mv``)."""
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith(label):
             rest = stripped[len(label) :].strip()
-            if rest:
+            if rest and (not command or rest.split(" ", 1)[0] == command):
                 return rest
     return None
 
@@ -101,11 +108,12 @@ def plan_for(body: dict[str, Any]) -> Plan:
                 plan = replace(plan, delay=float(arg or 1))
             elif name == "error":
                 plan = replace(plan, error_status=int(arg) if arg.isdigit() else 500)
-            elif name == "signal":
+            elif name in ("signal", "mv"):
                 label = "success:" if arg == "done" else "failure:"
-                command = _labelled_line(prompt, label)
+                command = _labelled_line(prompt, label, "mv" if name == "mv" else "")
                 if command is None:
-                    plan = replace(plan, text=f"cannot signal {arg}: the prompt has no '{label}' line")
+                    what = f"'{label}{' mv' if name == 'mv' else ''}'"
+                    plan = replace(plan, text=f"cannot {name} {arg}: the prompt has no {what} line")
                 else:
                     plan = replace(plan, bash=command)
     return plan
@@ -144,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._read_body()
-        self.server.owner._record("POST", self.path, body)
+        request = self.server.owner._record("POST", self.path, body)
         if not self.path.rstrip("/").endswith("/chat/completions") or not isinstance(body, dict):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
@@ -159,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send_json(plan.error_status, {"error": error})
         elif body.get("stream"):
-            self._stream(plan, str(body.get("model") or MODEL_ID))
+            self._stream(plan, str(body.get("model") or MODEL_ID), request)
         else:
             self._send_json(200, self.server.owner._completion(plan, str(body.get("model") or MODEL_ID)))
 
@@ -167,18 +175,44 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _stream(self, plan: Plan, model: str) -> None:
+    def _stream(self, plan: Plan, model: str, request: RecordedRequest) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for event in self.server.owner._chunks(plan, model):
+            for event in self.server.owner._chunks(plan, model, self._wait):
                 self._chunk(b"data: " + event.encode() + b"\n\n")
             self._chunk(b"")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. an abort); nothing to tell it
+        except (BrokenPipeError, ConnectionResetError, _HungUp):
+            self.server.owner._cut(request)  # the client gave up (e.g. an abort)
+            self.close_connection = True
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` (or until the model stops), but end at once if the client hangs up."""
+        owner = self.server.owner
+        deadline = time.monotonic() + seconds
+        while not owner._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    data = self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    data = b""
+                if not data:
+                    raise _HungUp
+                self._stopping_wait(min(left, 0.05))  # bytes to read: not a hang-up; do not spin
+
+    def _stopping_wait(self, seconds: float) -> None:
+        self.server.owner._stopping.wait(seconds)
+
+
+class _HungUp(Exception):
+    """The client closed the connection while a slow answer was waiting."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -195,6 +229,7 @@ class FakeModel:
     _server: _Server | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _requests: list[RecordedRequest] = field(default_factory=list, init=False, repr=False)
+    _cut_ids: set[int] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _ids: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
@@ -214,6 +249,11 @@ class FakeModel:
     def chat_requests(self) -> list[dict[str, Any]]:
         """Bodies of the chat-completion requests received so far, oldest first."""
         return [r.body for r in self.requests if r.method == "POST" and isinstance(r.body, dict)]
+
+    def cut_requests(self) -> list[RecordedRequest]:
+        """Streamed requests whose client hung up before the answer was complete (an abort)."""
+        with self._lock:
+            return [r for r in self._requests if id(r) in self._cut_ids]
 
     def start(self) -> str:
         self._stopping.clear()
@@ -243,9 +283,15 @@ class FakeModel:
 
     # ----------------------------------------------------------------- internals
 
-    def _record(self, method: str, path: str, body: Any) -> None:
+    def _record(self, method: str, path: str, body: Any) -> RecordedRequest:
+        request = RecordedRequest(method, path, body, time.time())
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, body, time.time()))
+            self._requests.append(request)
+        return request
+
+    def _cut(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._cut_ids.add(id(request))
 
     def _tool_call(self, command: str) -> dict[str, Any]:
         args = {"command": command, "description": "Run the scripted command"}
@@ -275,8 +321,10 @@ class FakeModel:
             "usage": self._usage(),
         }
 
-    def _chunks(self, plan: Plan, model: str) -> Any:
-        """Yield the SSE ``data:`` payloads of one streamed answer, ending with ``[DONE]``."""
+    def _chunks(self, plan: Plan, model: str, wait: Any = None) -> Any:
+        """Yield the SSE ``data:`` payloads of one streamed answer, ending with ``[DONE]``.
+
+        ``wait(seconds)`` implements a slow answer's delay (default: sleep until the model stops)."""
         base = {"id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion.chunk", "model": model}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -285,7 +333,7 @@ class FakeModel:
 
         yield chunk({"role": "assistant", "content": ""})
         if plan.delay:
-            self._stopping.wait(plan.delay)
+            (wait or self._stopping.wait)(plan.delay)
         if plan.bash is not None:
             call = self._tool_call(plan.bash)
             arguments = call["function"]["arguments"]

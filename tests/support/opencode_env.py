@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL",
+    "NO_BINARY",
     "PROVIDER",
     "Backend",
     "LoopThread",
@@ -31,6 +32,7 @@ __all__ = [
     "opencode_config",
     "opencode_env",
     "pinned_version",
+    "require_binary",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,11 @@ _OFFLINE_FLAGS = (
 
 _LIMIT = {"context": 128000, "output": 4096}
 
+NO_BINARY = (
+    "real opencode binary not found: run contrib/install-opencode.sh (installs into .opencode/) "
+    "or set OCCOORD_OPENCODE_BIN"
+)
+
 T = TypeVar("T")
 
 
@@ -63,10 +70,15 @@ def pinned_version() -> str:
     return (REPO / "contrib" / "opencode.version").read_text().strip()
 
 
-def opencode_config(model_url: str) -> dict[str, Any]:
-    """Config with a single provider: the scripted model at ``model_url`` (no ``/v1``)."""
+def opencode_config(model_url: str, *, permissive: bool = True) -> dict[str, Any]:
+    """Config with a single provider: the scripted model at ``model_url`` (no ``/v1``).
+
+    ``permissive`` allows every bash, edit and external directory server-wide, so a test never stops
+    on an ask. Without it the server keeps OpenCode's default policy (ask about paths outside the
+    session's directory), as a user's would: what occoord itself does about asks is then under test.
+    """
     ref = f"{PROVIDER}/{MODEL}"
-    return {
+    config: dict[str, Any] = {
         "provider": {
             PROVIDER: {
                 "npm": "@ai-sdk/openai-compatible",  # bundled in the binary: nothing is downloaded
@@ -84,15 +96,18 @@ def opencode_config(model_url: str) -> dict[str, Any]:
         "model": ref,
         "small_model": ref,
         "enabled_providers": [PROVIDER],
-        # Headless tests must never stop on an ask; the coordinator's own rules are tested elsewhere.
-        "permission": {"bash": "allow", "edit": "allow", "external_directory": "allow"},
         "autoupdate": False,
         "share": "disabled",
     }
+    if permissive:
+        # Headless tests must never stop on an ask; the coordinator's own rules are tested elsewhere.
+        config["permission"] = {"bash": "allow", "edit": "allow", "external_directory": "allow"}
+    return config
 
 
-def opencode_env(root: Path, model_url: str) -> dict[str, str]:
-    """Environment overrides for one opencode process: private dirs under ``root``, offline, scripted model.
+def opencode_env(root: Path, model_url: str, *, permissive: bool = True) -> dict[str, str]:
+    """Environment overrides for one opencode process: private dirs under ``root``, offline, scripted model
+    (``permissive``: see :func:`opencode_config`).
 
     One root per server: several servers sharing a data dir hit "database is locked".
     """
@@ -102,7 +117,7 @@ def opencode_env(root: Path, model_url: str) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)
         env[var] = str(path)
     env.update(dict.fromkeys(_OFFLINE_FLAGS, "1"))
-    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_config(model_url))
+    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_config(model_url, permissive=permissive))
     return env
 
 
@@ -121,6 +136,19 @@ def opencode_binary() -> str | None:
         return explicit if os.access(explicit, os.X_OK) else None
     local = REPO / ".opencode" / "node_modules" / _platform_package() / "bin" / "opencode"
     return str(local) if os.access(local, os.X_OK) else None
+
+
+def require_binary() -> str:
+    """The real binary, or end the test: skipped locally, but FAILED when ``$OCCOORD_REQUIRE_OPENCODE``
+    is 1 (scripts/test.sh sets it once it has installed the binary: CI must never skip these)."""
+    import pytest
+
+    binary = opencode_binary()
+    if binary is None:
+        if os.environ.get("OCCOORD_REQUIRE_OPENCODE") == "1":
+            pytest.fail(f"OCCOORD_REQUIRE_OPENCODE=1 but the {NO_BINARY}", pytrace=False)
+        pytest.skip(NO_BINARY)
+    return binary
 
 
 class LoopThread:
