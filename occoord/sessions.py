@@ -35,6 +35,8 @@ class SessionDriver:
         self.co = coordinator
         self.client = client
         self._wakeups: list[float] = []
+        # Sessions of tasks decided from outside while their turn still ran: session id -> attempt.
+        self.winding: dict[str, Attempt] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -190,6 +192,10 @@ class SessionDriver:
         session_id = getattr(event, "session_id", None)
         attempt = self.co.by_session.get(session_id) if session_id else None
         if attempt is None:
+            winding = self.winding.get(session_id) if session_id else None
+            if winding is not None and _is_idle(event):
+                del self.winding[winding.session_id or ""]
+                self.co.spawn(self.save_result(winding))
             return
         attempt.last_activity = self.co.clock()
         if isinstance(event, ev.SessionStatusChanged):
@@ -300,10 +306,12 @@ class SessionDriver:
             )
 
     def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
-        active = self.co.runs.get(attempt.run_id)
-        if active is None or not outcome.text:
+        # By path, not through the active run: a signalled task's text often arrives after its run
+        # has finished and left the coordinator's cache.
+        run_dir = self.co.spool.runs / attempt.run_id
+        if not outcome.text or not run_dir.is_dir():
             return
-        path = active.run.results_dir / f"{attempt.task}.md"
+        path = run_dir / "results" / f"{attempt.task}.md"
         atomic_write(path, outcome.text.encode("utf-8", "replace"), durable=self.co.spool.durable)
 
     async def wind_down(self, attempt: Attempt) -> None:
@@ -313,10 +321,14 @@ class SessionDriver:
         grace period (a script decided for it) is aborted so it stops spending. What the agent said
         is kept either way.
         """
-        await self.save_result(attempt)
         if attempt.session_id is None:
             return
+        # Its idle event saves the final text (handle_event); after the grace period, a session
+        # still busy is aborted.
+        self.winding[attempt.session_id] = attempt
         await asyncio.sleep(self.co.config.signal_grace)
+        if self.winding.pop(attempt.session_id, None) is None:
+            return  # went idle meanwhile: its text is saved
         try:
             busy = attempt.session_id in await self.client.session_status(attempt.directory)
         except OccoordError:
@@ -388,6 +400,12 @@ class SessionDriver:
                     else:
                         self.co.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
             path.unlink(missing_ok=True)
+
+
+def _is_idle(event: object) -> bool:
+    return isinstance(event, ev.SessionIdle) or (
+        isinstance(event, ev.SessionStatusChanged) and event.status == "idle"
+    )
 
 
 def iso_now() -> str:

@@ -322,13 +322,6 @@ def test_dependent_tasks_signal_their_own_completion_by_cli_and_by_mv(stage: Sta
 
 @real
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the missing result; a missing binary (CI) must still error
-    reason="BUG: the final text of a turn whose agent signalled its own task is re-read only after "
-    "--signal-grace, and never once the run has finished (SessionDriver.write_result needs the run "
-    "in Coordinator.runs); it should be saved when the session goes idle",
-)
 def test_self_signalled_task_keeps_the_agents_final_text(stage: Stage) -> None:
     watcher = stage.watch()
     drop(stage.spool, "solo.json", manifest(task("solo", "Do it.\n[model: signal done]")))

@@ -89,6 +89,9 @@ def test_dependencies_outcomes_results_and_summary(
     a_events = [e for e in journal(run_dir) if e.get("task") == "a" and e.get("to") == "done"]
     assert a_events and a_events[0]["actor"] == "outside"
     assert (run_dir / "results" / "b.md").read_text().strip() == "all good here"
+    # a's agent signalled before its turn ended: its final text is still kept, once the turn ends.
+    wait_for(lambda: (run_dir / "results" / "a.md").exists(), timeout=10)
+    assert (run_dir / "results" / "a.md").read_text().strip() == "ok"
     assert "APIError" in record(run_dir, "c")["reason"]
     assert record(run_dir, "c")["attempt"] == 1, "a fatal error is not retried"
     assert record(run_dir, "d")["reason"] == "dependency c failed"
