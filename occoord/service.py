@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from occoord.coordinator import Coordinator, CoordinatorConfig
-from occoord.errors import ConfigError
+from occoord.errors import ConfigError, OccoordError
 from occoord.fsutil import atomic_write
 from occoord.spool import Spool
 from occoord.watcher import Hint, SpoolWatcher
@@ -119,10 +119,14 @@ async def opencode_backend(
             await start_or_adopt(server, state_file)
             url, password = server.url, server.password
         client = OpenCodeClient(url, password=password)
+        supervisor = asyncio.ensure_future(supervise(server, client, state_file)) if server else None
         try:
             health = await client.health()
             yield client, health.version
         finally:
+            if supervisor is not None:
+                supervisor.cancel()
+                await asyncio.wait({supervisor})
             await client.aclose()
     finally:
         if server is not None:
@@ -131,6 +135,24 @@ async def opencode_backend(
                 state_file.unlink(missing_ok=True)
         if simulator is not None:
             await simulator.astop()
+
+
+async def supervise(server: Any, client: Any, state_file: Path | None, retry_delay: float = 5.0) -> None:
+    """Restart the spawned server whenever it dies and point the client at it. The event stream
+    then reconnects and the coordinator resyncs: turns lost with the old process are retried."""
+    while True:
+        await server.wait_exit()
+        log.error("the OpenCode server (pid %s) died; restarting it", server.pid)
+        try:
+            await server.ensure_running()
+        except OccoordError as exc:
+            log.error("could not restart the OpenCode server: %s; trying again in %.0f s", exc, retry_delay)
+            await asyncio.sleep(retry_delay)
+            continue
+        client.retarget(server.url)
+        if state_file is not None:
+            atomic_write(state_file, server.record().to_bytes())
+        log.warning("the OpenCode server runs again at %s (restart %d)", server.url, server.restarts)
 
 
 async def start_or_adopt(server: Any, state_file: Path | None) -> None:

@@ -631,3 +631,28 @@ def test_server_record_round_trip_and_garbage() -> None:
     assert ServerRecord.from_bytes(rec.to_bytes()) == rec
     for junk in (b"", b"{", b"[]", b'{"pid": "12"}', rec.to_bytes().replace(b'"pw"', b"3")):
         assert ServerRecord.from_bytes(junk) is None
+
+
+@slow
+def test_fake_server_that_dies_is_restarted_and_the_run_completes(fake_stage: Stage) -> None:
+    """kill -9 of the spawned server: the watcher notices at once, starts a new one, records it, and
+    the turns lost with the old process run again on the new one."""
+    stage = fake_stage
+    watcher = stage.watch()
+    drop(stage.spool, "die.json", manifest(*[task(f"t{i}", "[sim: work 2]") for i in range(2)]))
+    run_dir = the_run(stage.spool)
+    wait_for(
+        lambda: all(states(run_dir).get(f"t{i}") == "pending" and record(run_dir, f"t{i}").get("session_id")
+                    for i in range(2)),
+        timeout=30,
+    )  # fmt: skip
+    old = stage.server()
+    os.kill(old.pid, signal.SIGKILL)
+    new = wait_for(lambda: (r := stage.server()).pid != old.pid and r, timeout=20)
+    assert running(new.pid, new.started)
+    assert summary(run_dir, timeout=60)["ok"] is True
+    for i in range(2):
+        rec = record(run_dir, f"t{i}")
+        assert rec["attempt"] == 2, "the attempt lost with the old server was started again"
+    assert "died; restarting it" in watcher.output()
+    stage.stop(watcher)

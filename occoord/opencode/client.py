@@ -86,6 +86,11 @@ class OpenCodeClient:
             follow_redirects=False,
         )
 
+    def retarget(self, url: str) -> None:
+        """Point the client (and any event stream on it) at a restarted server's new address."""
+        self.url = url.rstrip("/")
+        self._http.base_url = httpx.URL(self.url)
+
     # --- plumbing -----------------------------------------------------------------------------------
 
     async def _request(

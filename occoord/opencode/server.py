@@ -232,6 +232,16 @@ class OpenCodeServer:
             return self.pid is not None and _running(self.pid) and process_token(self.pid) == self._token
         return self._proc is not None and self._proc.returncode is None
 
+    async def wait_exit(self, poll: float = 1.0) -> None:
+        """Return when the server process has exited: awaited for our child, polled (cheaply) for
+        an adopted server, which is not our child and cannot be waited for."""
+        proc = self._proc
+        if proc is not None and not self.adopted:
+            await proc.wait()
+            return
+        while self.alive():
+            await asyncio.sleep(poll)
+
     def record(self) -> ServerRecord:
         """How to find this (started) server again: see :meth:`adopt`."""
         if self.pid is None or not self.url or not self.alive():
