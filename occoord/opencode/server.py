@@ -27,26 +27,28 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 from occoord.errors import ServerUnavailable
+from occoord.opencode.procinfo import (
+    MISSING_BINARY,
+    ServerRecord,
+    find_binary,
+    pid_exists,
+    process_token,
+    running,
+)
 
-__all__ = ["OpenCodeServer", "ServerRecord", "find_binary", "process_token"]
+__all__ = ["MISSING_BINARY", "OpenCodeServer", "ServerRecord", "find_binary", "process_token"]
 
 log = logging.getLogger(__name__)
 
-MISSING_BINARY = (
-    "the opencode binary was not found; "
-    "install it with `npm install -g opencode-ai` or set OCCOORD_OPENCODE_BIN"
-)
 _LISTENING = re.compile(r"opencode server listening on (https?://\S+)")
 # Colour codes would break the match if the server ever decides our pipe is a terminal.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -58,124 +60,6 @@ _ADOPT_HEALTH_DEADLINE = 10.0
 # What shapes a server beyond its binary: where it keeps its data and its configuration. A server
 # started with other values of these is not re-used (its password is compared separately).
 _FINGERPRINT_VARS = re.compile(r"^(HOME|XDG_[A-Z_]+|OPENCODE_[A-Z_]+)$")
-_PROC = Path("/proc")
-
-
-def _resolve(candidate: str) -> str | None:
-    """A path (anything with a slash) must be an executable file; a bare name is looked up on PATH."""
-    if os.sep in candidate or (os.altsep and os.altsep in candidate):
-        path = Path(candidate).expanduser()
-        return str(path.resolve()) if path.is_file() and os.access(path, os.X_OK) else None
-    return shutil.which(candidate)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name (state is [0]); None if unreadable."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (a dead orphan waiting for init to reap it)."""
-    if not (_PROC / "self" / "stat").exists():
-        return _pid_exists(pid)  # no /proc: the best we can tell
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def process_token(pid: int) -> str | None:
-    """What tells this process from a later one that reuses its pid: the boot id and the process's
-    start time (Linux /proc). None where that cannot be read."""
-    fields = _proc_stat(pid)
-    try:
-        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-    except OSError:
-        return None
-    if fields is None or len(fields) < 20:
-        return None
-    return f"{boot}:{fields[19]}"  # field 22 of stat: starttime, in clock ticks after boot
-
-
-@dataclass(frozen=True)
-class ServerRecord:
-    """A started server as the next coordinator needs to find it again (see the module docstring).
-
-    It holds the server's password: keep it where only the server's owner can read it.
-    """
-
-    pid: int
-    url: str
-    password: str
-    binary: str
-    version: str
-    started: str | None  # process_token(pid) at start: guards against a reused pid
-    fingerprint: str  # of the environment it was started with
-
-    def to_bytes(self) -> bytes:
-        return (json.dumps({"protocol": 1, **asdict(self)}, indent=2) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ServerRecord | None:
-        """Parse a record; None for anything that is not one (a torn or foreign file)."""
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict):
-            return None
-        strings = ("url", "password", "binary", "version", "fingerprint")
-        if not isinstance(obj.get("pid"), int) or obj["pid"] <= 0:
-            return None
-        if not all(isinstance(obj.get(name), str) for name in strings):
-            return None
-        started = obj.get("started")
-        if started is not None and not isinstance(started, str):
-            return None
-        return cls(
-            pid=obj["pid"],
-            url=obj["url"],
-            password=obj["password"],
-            binary=obj["binary"],
-            version=obj["version"],
-            started=started,
-            fingerprint=obj["fingerprint"],
-        )
-
-
-def find_binary(explicit: str | None = None) -> str:
-    """Locate the ``opencode`` executable: ``explicit``, then ``$OCCOORD_OPENCODE_BIN``, then PATH.
-
-    A name given explicitly (argument or environment) that does not resolve is an error rather than a
-    silent fallback to PATH, so a typo never runs some other opencode than the one asked for.
-    """
-    for source, candidate in (
-        ("binary", explicit),
-        ("OCCOORD_OPENCODE_BIN", os.environ.get("OCCOORD_OPENCODE_BIN")),
-    ):
-        if candidate:
-            found = _resolve(candidate)
-            if found is None:
-                raise ServerUnavailable(
-                    "opencode", f"{source}={candidate!r} is not an executable; {MISSING_BINARY}"
-                )
-            return found
-    found = shutil.which("opencode")
-    if found is None:
-        raise ServerUnavailable("opencode", MISSING_BINARY)
-    return found
 
 
 class OpenCodeServer:
@@ -229,7 +113,7 @@ class OpenCodeServer:
     def alive(self) -> bool:
         """True while the process runs. Its death is noticed by the event loop, so this lags by a tick."""
         if self.adopted:
-            return self.pid is not None and _running(self.pid) and process_token(self.pid) == self._token
+            return self.pid is not None and running(self.pid) and process_token(self.pid) == self._token
         return self._proc is not None and self._proc.returncode is None
 
     async def wait_exit(self, poll: float = 1.0) -> None:
@@ -269,7 +153,7 @@ class OpenCodeServer:
         async with self._lock:
             if self.alive():
                 return False
-            if not _running(record.pid) or process_token(record.pid) != record.started:
+            if not running(record.pid) or process_token(record.pid) != record.started:
                 return False  # gone, or the pid now belongs to someone else
             await self._cleanup()
             try:
@@ -562,7 +446,7 @@ class OpenCodeServer:
                     log.warning("opencode pid %s ignored SIGTERM for %g s; killing", self.pid, _STOP_GRACE)
                     self._signal_group(signal.SIGKILL)
                     await self._wait_gone(_STOP_GRACE)
-            if self.pid is not None and not _pid_exists(self.pid):
+            if self.pid is not None and not pid_exists(self.pid):
                 self._signal_group(signal.SIGKILL)  # helpers left in its group
             self.adopted = False
         proc = self._proc
@@ -577,7 +461,7 @@ class OpenCodeServer:
                     await proc.wait()
             # The leader is gone; anything it spawned in its group goes too. Its pid (= the group id)
             # is only reusable once the group is empty, so a live process with that pid means reuse.
-            if not _pid_exists(proc.pid):
+            if not pid_exists(proc.pid):
                 self._signal_group(signal.SIGKILL)
         await self._drain_pumps(1.0)
         for task in self._pumps:
