@@ -31,6 +31,8 @@ class Attempt:
     began: bool = False  # the turn visibly started (busy, or an assistant message)
     settling: bool = False  # an outcome is being decided: ignore further events
     cancel_reason: str | None = None
+    finish_after: float | None = None  # reading the ended turn failed: try again at this time
+    finish_tries: int = 0
 
     @property
     def key(self) -> tuple[str, str]:

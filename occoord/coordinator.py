@@ -122,7 +122,9 @@ class Coordinator:
                 if state is TaskState.PENDING:
                     record = active.run.tasks.read(task)
                     if record is not None:
-                        await self.driver.reattach(active, record)
+                        # Registered now (it holds a session slot), re-attached in the background
+                        # so a slow server does not hold up the spool.
+                        self.spawn(self.driver.reattach(active, record, self.driver.adopt(active, record)))
         await self.tick()
 
     # -- wakeups -------------------------------------------------------------------------------
@@ -370,17 +372,21 @@ class Coordinator:
             self.spawn(run_hook(hook, facts, timeout=self.config.hook_timeout))
         self.finished_runs.put_nowait(active.id)
 
-    def retry_later(self, active: ActiveRun, record: TaskRecord, reason: str) -> None:
-        failures = int(record.details.get("failures", 0)) + 1
-        delay = backoff(failures, self.config.retry_base, self.config.retry_cap)
+    def retry_later(self, active: ActiveRun, record: TaskRecord, reason: str, *, counts: bool = True) -> None:
+        """Back to the queue after a backoff. ``counts``: the failure was the task's own and uses up
+        one of its retries; a server that could not be reached is not the task's failure."""
+        key = "failures" if counts else "unreachable"
+        tries = int(record.details.get(key, 0)) + 1
+        delay = backoff(tries, self.config.retry_base, self.config.retry_cap)
         not_before = iso(datetime.now(UTC) + timedelta(seconds=delay))
-        details = {**record.details, "failures": failures}
+        details = {**record.details, key: tries}
+        what = f"retry {tries}" if counts else "server unreachable; trying again"
         self.move(
             active,
             record.task,
             TaskState.PENDING,
             TaskState.QUEUED,
-            f"retry {failures} in {delay:.0f} s: {reason}",
+            f"{what} in {delay:.0f} s: {reason}",
             not_before=not_before,
             details=details,
         )

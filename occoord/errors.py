@@ -114,10 +114,15 @@ class ConfigError(OccoordError):
 class ServerUnavailable(OccoordError):
     """The OpenCode server cannot be reached, did not start, or stopped answering."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
         super().__init__(url, reason)
         self.url = url
         self.reason = reason
+        self.status = status  # the 5xx it kept answering; None when it could not be reached at all
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status is None
 
     def __str__(self) -> str:
         return f"OpenCode server {self.url}: {self.reason}"

@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from occoord.attempts import Attempt, FailurePolicy, outcome_details, outcome_reason
-from occoord.errors import ApiError, OccoordError
+from occoord.errors import ApiError, OccoordError, ServerUnavailable
 from occoord.fsutil import atomic_write
 from occoord.journal import iso
 from occoord.opencode import events as ev
@@ -147,7 +147,13 @@ class SessionDriver:
             log.info("%s/%s: attempt %d in session %s", active.id, attempt.task, attempt.attempt, session_id)
         except OccoordError as exc:
             if self.co.attempts.get(attempt.key) is attempt:
-                await self.settle(attempt, None, f"could not start the session: {exc}", retryable=True)
+                await self.settle(
+                    attempt,
+                    None,
+                    f"could not start the session: {exc}",
+                    retryable=True,
+                    unreachable=isinstance(exc, ServerUnavailable) and exc.unreachable,
+                )
 
     def permissions(self) -> Any:
         from occoord.opencode.permissions import session_rules
@@ -156,8 +162,8 @@ class SessionDriver:
             session_rules(extra_paths=[str(self.co.spool.root)]) if self.co.config.agent_permissions else None
         )
 
-    async def reattach(self, active: ActiveRun, record: TaskRecord) -> None:
-        """After a restart: find the pending task's session again, never creating a second one."""
+    def adopt(self, active: ActiveRun, record: TaskRecord) -> Attempt:
+        """Register a pending task found at start-up as a running attempt (it holds a slot)."""
         task = record.task
         directory = self.directory_for(active, task)
         title = str(record.details.get("title") or session_title(active.id, task, record.attempt))
@@ -166,15 +172,27 @@ class SessionDriver:
             active.id, task, record.attempt, directory, title, now, now, session_id=record.session_id
         )
         self.register(attempt)
+        return attempt
+
+    async def reattach(self, active: ActiveRun, record: TaskRecord, attempt: Attempt) -> None:
+        """After a restart: find the pending task's session again, never creating a second one."""
+        task, directory = record.task, attempt.directory
         if record.session_id is None:
             # Crashed between pending and recording the session: look it up by its title first.
             await self.start(active, attempt, find_existing=True)
             return
-        try:
-            session = await self.client.get_session(record.session_id, directory)
-        except OccoordError as exc:
-            log.warning("%s/%s: cannot re-attach yet: %s", active.id, task, exc)
-            return
+        delay = 0.5
+        while True:
+            try:
+                session = await self.client.get_session(record.session_id, directory)
+                break
+            except OccoordError as exc:
+                log.warning("%s/%s: cannot re-attach yet (again in %.0f s): %s", active.id, task, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+            if self.co.attempts.get(attempt.key) is not attempt:
+                return  # decided meanwhile (signalled, cancelled, timed out)
+            attempt.last_activity = self.co.clock()  # waiting on the server is not the turn's fault
         if session is None:
             self.session_gone(attempt)
             return
@@ -184,8 +202,9 @@ class SessionDriver:
     # -- events --------------------------------------------------------------------------------
 
     async def handle_event(self, event: object) -> None:
+        # Nothing here may wait on the server inline: one hung request would freeze the whole loop.
         if isinstance(event, ev.StreamReconnected):
-            await self.resync()
+            self.co.spawn(self.resync())
             return
         if isinstance(event, ev.PermissionAsked | ev.QuestionAsked):
             return  # the PolicyResponder answers these
@@ -200,11 +219,11 @@ class SessionDriver:
         attempt.last_activity = self.co.clock()
         if isinstance(event, ev.SessionStatusChanged):
             if event.status == "idle":
-                await self.finish(attempt)
+                self.co.spawn(self.finish(attempt))
             else:
                 attempt.began = True
         elif isinstance(event, ev.SessionIdle):
-            await self.finish(attempt)
+            self.co.spawn(self.finish(attempt))
         elif isinstance(event, ev.MessageUpdated) and getattr(event, "role", None) == "assistant":
             attempt.began = True
 
@@ -231,16 +250,24 @@ class SessionDriver:
         attempt.settling = True
         try:
             messages = await self.client.messages(attempt.session_id, attempt.directory)
-        except ApiError as exc:
-            if exc.not_found:
+        except OccoordError as exc:
+            if isinstance(exc, ApiError) and exc.not_found:
                 self.session_gone(attempt)
                 return
+            # The turn has ended but its outcome cannot be read yet: try again shortly (no further
+            # event will come for an idle session).
             attempt.settling = False
-            log.warning("%s/%s: cannot read the session's messages: %s", attempt.run_id, attempt.task, exc)
-            return
-        except OccoordError as exc:
-            attempt.settling = False
-            log.warning("%s/%s: cannot read the session's messages: %s", attempt.run_id, attempt.task, exc)
+            attempt.finish_tries += 1
+            delay = min(30.0, 0.5 * 2**attempt.finish_tries)
+            attempt.finish_after = self.co.clock() + delay
+            self.wake_at(attempt.finish_after)
+            log.warning(
+                "%s/%s: cannot read the session's messages (again in %.0f s): %s",
+                attempt.run_id,
+                attempt.task,
+                delay,
+                exc,
+            )
             return
         outcome = classify(messages)
         self.write_result(attempt, outcome)
@@ -277,6 +304,7 @@ class SessionDriver:
         *,
         retryable: bool,
         done: bool = False,
+        unreachable: bool = False,
     ) -> None:
         attempt.settling = True
         self.forget(attempt)
@@ -292,7 +320,11 @@ class SessionDriver:
             return
         spec = active.specs[attempt.task]
         policy = FailurePolicy(spec.retries, int(record.details.get("failures", 0)))
-        if policy.retry(retryable):
+        if unreachable:
+            self.co.retry_later(
+                active, TaskRecord(**{**record.__dict__, "details": details}), reason, counts=False
+            )
+        elif policy.retry(retryable):
             self.co.retry_later(active, TaskRecord(**{**record.__dict__, "details": details}), reason)
         else:
             failures = int(record.details.get("failures", 0)) + 1
@@ -361,14 +393,19 @@ class SessionDriver:
         for a in list(self.co.attempts.values()):
             if a.settling:
                 continue
-            if now - a.dispatched_at >= self.wall_limit(a):
-                await self.abort_and_settle(a, f"timed out after {self.wall_limit(a):.0f} s", False)
+            if a.finish_after is not None and now >= a.finish_after:
+                a.finish_after = None
+                self.co.spawn(self.finish(a))
+            elif now - a.dispatched_at >= self.wall_limit(a):
+                self.stop_attempt(a, f"timed out after {self.wall_limit(a):.0f} s", False)
             elif not a.began and now - a.last_activity >= cfg.start_timeout:
-                await self.abort_and_settle(
-                    a, f"the turn never started within {cfg.start_timeout:.0f} s", True
-                )
+                self.stop_attempt(a, f"the turn never started within {cfg.start_timeout:.0f} s", True)
             elif a.began and now - a.last_activity >= cfg.idle_timeout:
-                await self.abort_and_settle(a, f"no activity for {cfg.idle_timeout:.0f} s", True)
+                self.stop_attempt(a, f"no activity for {cfg.idle_timeout:.0f} s", True)
+
+    def stop_attempt(self, attempt: Attempt, reason: str, retryable: bool) -> None:
+        attempt.settling = True  # at once: the next tick must not stop it again
+        self.co.spawn(self.abort_and_settle(attempt, reason, retryable))
 
     async def abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool) -> None:
         attempt.settling = True

@@ -236,8 +236,14 @@ class RunTasks:
         """
         repairs: list[str] = []
         if tasks is not None:
+            # Fast path, without the lock: a task showing exactly one consistent state file and no
+            # claim needs nothing (the common case: a hint for our own transition). Reading takes no
+            # lock; any writer still at work holds it and its publish sends a hint of its own.
+            suspect = [t for t in tasks if not self._looks_consistent(t)]
+            if not suspect:
+                return repairs
             with self.lock:
-                for task in tasks:
+                for task in suspect:
                     seen, claimed = self._probe(task)
                     if len(seen) != 1 or claimed or not self._consistent(task, seen[0]):
                         repairs += self._reconcile_one(task, seen, claimed)
@@ -284,6 +290,10 @@ class RunTasks:
         visible = [s for s in TaskState if os.path.lexists(self.path(task, s))]
         claims = [s for s in TaskState if os.path.lexists(self.dir / format_claim(task, s))]
         return visible, claims
+
+    def _looks_consistent(self, task: str) -> bool:
+        seen, claimed = self._probe(task)
+        return len(seen) == 1 and not claimed and self._consistent(task, seen[0])
 
     def _consistent(self, task: str, state: TaskState) -> bool:
         try:

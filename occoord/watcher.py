@@ -77,6 +77,12 @@ def classify(root: Path, event: FileSystemEvent) -> list[Hint]:
     hints: list[Hint] = []
     if event.event_type in ("opened", "closed_no_write"):
         return hints
+    if event.is_directory and event.event_type == "modified":
+        # watchdog adds "parent directory modified" to every create, delete, move and close-write.
+        # Each change inside runs/RUN has its own event; this one only echoed our own writes: the
+        # run lock's close-write hinted the run again, whose reconcile took the lock again, forever
+        # (a busy loop that re-read every finished run).
+        return hints
     if isinstance(event, FileMovedEvent | DirMovedEvent):
         src = _hint_for(root, str(event.src_path), settled=True)
         dst = _hint_for(root, str(event.dest_path), settled=True)

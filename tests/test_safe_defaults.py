@@ -262,12 +262,6 @@ def test_files_are_private_while_the_watcher_runs_too(scenario: Scenario) -> Non
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenCodeServer._open_log (occoord/opencode/server.py) opens SPOOL/opencode.log with "
-    "Path.open('ab'), so its mode follows the umask (0644 usually, 0666 under umask 000); it should "
-    "be created with os.open(..., O_WRONLY|O_APPEND|O_CREAT, 0o600)",
-)
 def test_server_log_is_private(scenario: Scenario) -> None:
     assert stat.S_IMODE(scenario.modes["opencode.log"]) == 0o600
 

@@ -127,7 +127,9 @@ class OpenCodeClient:
                     await self._sleep(attempt, f"{method} {path} -> {response.status_code}")
                     continue
                 what = f"{name}: {message}" if name else message
-                raise ServerUnavailable(self.url, f"{method} {path} -> {response.status_code} {what}")
+                raise ServerUnavailable(
+                    self.url, f"{method} {path} -> {response.status_code} {what}", response.status_code
+                )
             if response.status_code == 404 and ok_404:
                 return None
             if not response.is_success:

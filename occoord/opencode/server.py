@@ -357,7 +357,9 @@ class OpenCodeServer:
         if self.log_path is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
+        # Created private whatever the umask: the server's log may show prompts and file contents.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._log = os.fdopen(fd, "ab")
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._log.write(f"=== occoord: {stamp} starting {binary} serve in {self.cwd}\n".encode())
         self._log.flush()

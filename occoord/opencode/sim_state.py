@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import secrets
 import string
 import time
@@ -23,6 +24,7 @@ JSON = dict[str, Any]
 
 _ALPHABET = string.ascii_letters + string.digits
 _counter = itertools.count()
+_random = random.Random()
 _ADJECTIVES = ("brave", "calm", "eager", "gentle", "jolly", "keen", "lucky", "quiet", "swift", "witty")
 _NOUNS = ("otter", "falcon", "maple", "river", "comet", "badger", "cedar", "harbor", "lynx", "meadow")
 
@@ -35,7 +37,7 @@ def new_id(prefix: str) -> str:
     """``<prefix>_<12 hex of time+counter><14 random>``: unique and ascending like the real ids, so
     ids sort by creation as the real server's do."""
     stamp = (now_ms() * 0x1000 + next(_counter) % 0x1000) & 0xFFFFFFFFFFFF
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(14))
+    tail = "".join(_random.choices(_ALPHABET, k=14))  # not secret: 14 secrets.choice cost 40 us
     return f"{prefix}_{stamp:012x}{tail}"
 
 

@@ -10,6 +10,7 @@ real one: ``message.updated`` (user) -> ``session.status`` busy -> ``message.upd
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from occoord.opencode.sim_script import ErrorSpec, Script, parse_script, perform_signal
@@ -42,6 +43,10 @@ class Engine:
         self.pending: dict[str, PendingAsk] = {}
         self.bus = Bus(queue_size)
         self.signal_errors: list[str] = []
+        # (time.monotonic(), session id) of every prompt as it is accepted, in order: one append per
+        # prompt, read by benchmarks to time "file renamed -> prompt received" (CLOCK_MONOTONIC is
+        # system-wide on Linux, so other processes' monotonic stamps compare with these).
+        self.received: list[tuple[float, str]] = []
 
     # ----------------------------------------------------------------- sessions
     def create_session(
@@ -76,6 +81,7 @@ class Engine:
     def prompt(self, sess: SimSession, text: str, agent: str, model: JSON) -> Prompt:
         """Accept a prompt: the user message exists at once (as on the real server), the turn runs in
         the session's runner. ``[sim: nostart]`` accepts and then never starts a turn."""
+        self.received.append((time.monotonic(), sess.id))
         sess.prompts.append(text)
         message, part = sess.user_message(text, agent, model)
         self._emit(sess, "message.updated", {"sessionID": sess.id, "info": message["info"]})

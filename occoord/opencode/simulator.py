@@ -76,6 +76,11 @@ class Simulator:
     def signal_errors(self) -> list[str]:
         return list(self.engine.signal_errors)
 
+    @property
+    def received(self) -> list[tuple[float, str]]:
+        """``(time.monotonic(), session id)`` of every prompt accepted so far, oldest first (live list)."""
+        return self.engine.received
+
     def session_count(self) -> int:
         return len(self.engine.sessions)
 

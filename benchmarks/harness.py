@@ -1,0 +1,236 @@
+"""Shared plumbing of the benchmarks: processes, the in-thread simulator, manifests, statistics.
+
+Every figure is taken against the simulator on loopback with ``occoord watch --server URL`` as a real
+subprocess. The simulator runs in a thread of the benchmark process: its ``received`` list stamps
+each prompt with ``time.monotonic()`` as it arrives (CLOCK_MONOTONIC is system-wide, so the driver's
+own stamps compare with it). The driver itself only renames files and sleeps, so it hardly competes
+with the simulator for the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from occoord.opencode.simulator import Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); with n < 100 samples the p99
+    is close to the worst sample."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "min": min(values) if values else math.nan,
+        "max": max(values) if values else math.nan,
+        "samples": list(values),
+    }
+
+
+# -- waiting -----------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.002, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what or predicate}")
+        time.sleep(interval)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+class Proc:
+    """A child in its own process group, output to a log file; stopped by its own PID only."""
+
+    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=REPO,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 120.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self.fh.close()
+        return self.popen.returncode
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), from /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+# -- the simulator and the watcher -------------------------------------------------------------
+
+
+def start_simulator() -> Simulator:
+    """A fresh simulator serving from a thread of this process (no SSE heartbeat noise)."""
+    sim = Simulator(heartbeat=3600.0)
+    sim.start()
+    return sim
+
+
+def start_watcher(
+    spool: Path,
+    workdir: Path,
+    server: str,
+    log: Path,
+    *extra: str,
+    profile_to: Path | None = None,
+    max_sessions: int = 64,
+) -> Proc:
+    """``occoord watch --server URL`` as a real subprocess (optionally under cProfile), ready."""
+    prefix = [sys.executable]
+    if profile_to is not None:
+        prefix += ["-m", "cProfile", "-o", str(profile_to)]
+    argv = [
+        *prefix,
+        "-m",
+        "occoord",
+        "watch",
+        "--spool",
+        str(spool),
+        "--workdir",
+        str(workdir),
+        "--server",
+        server,
+        "--max-sessions",
+        str(max_sessions),
+        *extra,
+    ]
+    proc = Proc(argv, log)
+    wait_for(
+        lambda: "occoord: watching" in proc.output() or not proc.alive(),
+        timeout=60,
+        interval=0.02,
+        what="the watcher's ready line",
+    )
+    if not proc.alive():
+        raise RuntimeError(f"occoord watch exited:\n{proc.output()}")
+    return proc
+
+
+# -- manifests and the spool -------------------------------------------------------------------
+
+
+def manifest(name: str, tasks: list[dict[str, Any]], workdir: Path, concurrency: int = 64) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": name,
+        "concurrency": concurrency,
+        "defaults": {"directory": str(workdir)},
+        "tasks": tasks,
+    }
+
+
+def drop(spool: Path, name: str, body: dict[str, Any]) -> tuple[float, float]:
+    """Write the manifest in tmp/, then rename it into incoming/ (an atomic writer).
+
+    Returns (monotonic, wall) clock readings taken just before the rename."""
+    staging = spool / "tmp" / f".{name}.tmp"
+    staging.write_text(json.dumps(body))
+    mono, wall = time.monotonic(), time.time()
+    os.rename(staging, spool / "incoming" / name)
+    return mono, wall
+
+
+def run_dir(spool: Path, stem: str, timeout: float = 120.0) -> Path:
+    """The run accepted from the manifest named ``stem``.json."""
+
+    def find() -> Path | None:
+        for entry in os.listdir(spool / "runs"):
+            if not entry.startswith(".") and entry.endswith("-" + stem):
+                return spool / "runs" / entry
+        return None
+
+    return Path(wait_for(find, timeout=timeout, interval=0.01, what=f"run {stem}"))
+
+
+def journal(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line]
+
+
+def parse_ts(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def wait_prompt(sim: Simulator, start: int, title_part: str, timeout: float = 60.0) -> tuple[float, int]:
+    """The first prompt at index >= ``start`` of ``sim.received`` whose session title contains
+    ``title_part``: (its monotonic receive stamp, the index after it)."""
+    received = sim.received
+    index = start
+    deadline = time.monotonic() + timeout
+    while True:
+        while index < len(received):
+            stamp, sid = received[index]
+            index += 1
+            sess = sim.sessions.get(sid)
+            if sess is not None and title_part in sess.title:
+                return stamp, index
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no prompt for {title_part!r} within {timeout:.0f} s")
+        time.sleep(0.0005)

@@ -1,0 +1,81 @@
+"""The benchmark script runs end to end on tiny sizes and writes well-formed figures.
+
+No timing is asserted: the machine may be slow or busy. Only the shape of the results is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_summary(fig: dict[str, Any], n: int | None = None) -> None:
+    for key in ("n", "p50", "p99", "min", "max", "samples"):
+        assert key in fig, key
+    assert len(fig["samples"]) == fig["n"]
+    if n is not None:
+        assert fig["n"] == n
+    assert fig["n"] > 0
+    assert all(_number(v) and v >= 0 for v in fig["samples"])
+    assert fig["min"] <= fig["p50"] <= fig["p99"] <= fig["max"]
+
+
+def test_quick_run_writes_well_formed_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = [
+        sys.executable, "-m", "benchmarks", "--quick", "--sizes", "10", "--reps", "1",
+        "--latency-reps", "2", "--signal-reps", "2", "--idle-seconds", "1", "--profile-size", "10",
+        "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for title in (
+        "1. drop -> dispatch",
+        "2. signal -> next dispatch",
+        "3/6. throughput",
+        "4. idle",
+        "targets",
+    ):
+        assert title in done.stdout
+
+    results = json.loads((out / "latest.json").read_text())
+    assert results["quick"] is True
+    assert results["machine"]["cpus"] >= 1
+
+    drop = results["drop_dispatch"]
+    _check_summary(drop["occoord"], 2)
+    _check_summary(drop["baseline_poll_1s"], 2)
+    assert _number(drop["speedup_p50"]) and drop["speedup_p50"] > 0
+
+    size = results["sizes"]["10"]
+    assert size["tasks"] == 10
+    signal = size["signal_dispatch_ms"]
+    assert signal["n"] + signal["timeouts"] >= 1
+    tp = size["throughput"]
+    for key in ("occoord_elapsed_s", "occoord_lifecycles_per_s", "raw_elapsed_s", "ratio_occoord_over_raw"):
+        _check_summary(tp[key], 1)
+    assert all(_number(v) and v > 0 for v in size["memory"].values())
+
+    idle = results["idle"]
+    assert _number(idle["cpu_s"]) and idle["cpu_s"] >= 0 and _number(idle["rss_mb"]) and idle["rss_mb"] > 0
+
+    profile = results["profile"]
+    assert profile["tasks"] == 10 and profile["top_tottime"] and Path(profile["prof_file"]).exists()
+
+    for name, target in results["targets"].items():
+        assert isinstance(target["met"], bool), name
+        assert _number(target["value"]) and _number(target["target"]), name
