@@ -20,6 +20,7 @@ from typing import Any
 from occoord.attempts import Attempt, backoff
 from occoord.errors import OccoordError, SpoolError, TransitionConflict
 from occoord.journal import Event, append_event, iso
+from occoord.names import format_state
 from occoord.runstate import ActiveRun
 from occoord.spool import Spool
 from occoord.state import Actor, TaskState
@@ -72,6 +73,8 @@ class Coordinator:
         self.attempts: dict[tuple[str, str], Attempt] = {}
         self.by_session: dict[str, Attempt] = {}
         self.unsettled: dict[Path, float] = {}
+        self.finished: set[str] = set()  # run ids known finished (summary written)
+        self.broken: set[str] = set()  # run ids that could not be loaded
         self.writing: set[Path] = set()  # incoming files written to and not yet closed
         self.finished_runs: asyncio.Queue[str] = asyncio.Queue()
         self.driver = SessionDriver(self, client)
@@ -105,7 +108,7 @@ class Coordinator:
             stopper.cancel()
             if getter in done:
                 await self.handle(getter.result())
-                while not self.queue.empty():
+                while not self.queue.empty() and not stop.is_set():
                     await self.handle(self.queue.get_nowait())
             else:
                 getter.cancel()
@@ -152,6 +155,8 @@ class Coordinator:
         elif hint.kind == "task" and hint.run_id and hint.task:
             self.task_changed(hint.run_id, hint.task)
         elif hint.kind == "run" and hint.run_id:
+            if hint.run_id in self.finished and (self.spool.runs / hint.run_id / "summary.json").exists():
+                return  # e.g. a cancel request for a finished run: nothing to do, and loading costs
             active = self.activate(hint.run_id)
             if active is not None:
                 self.driver.check_cancel(active)
@@ -172,15 +177,20 @@ class Coordinator:
         active = self.runs.get(run_id)
         if active is not None:
             return active
+        if run_id in self.broken:
+            return None
         try:
             run = self.spool.run(run_id)
         except SpoolError as exc:
-            log.error("run %s: %s", run_id, exc)
+            log.error("run %s cannot be loaded (left alone until restart): %s", run_id, exc)
+            self.broken.add(run_id)
             return None
         run.tasks.reconcile()
         active = ActiveRun(run)
         if active.finished() and (run.dir / "summary.json").exists():
+            self.finished.add(run_id)
             return None
+        self.finished.discard(run_id)
         self.runs[run_id] = active
         (run.dir / "summary.json").unlink(missing_ok=True)  # running again: no stale verdict
         (run.dir / "summary.md").unlink(missing_ok=True)
@@ -189,6 +199,8 @@ class Coordinator:
         return active
 
     def task_changed(self, run_id: str, task: str) -> None:
+        if run_id not in self.runs and not self.may_resume(run_id, task):
+            return
         active = self.runs.get(run_id) or self.activate(run_id)
         if active is None or task not in active.specs:
             return
@@ -210,6 +222,19 @@ class Coordinator:
             self.fail_dependents(active, task)
         if state.terminal:
             self.task_ended(active, task)
+
+    def may_resume(self, run_id: str, task: str) -> bool:
+        """A hint about a finished run: only a requeued task (or a lost summary) makes it active
+        again. Checked by name, without loading the run."""
+        if run_id not in self.finished:
+            return run_id not in self.broken
+        run_dir = self.spool.runs / run_id
+        if not (run_dir / "summary.json").exists():
+            return True
+        return any(
+            (run_dir / "tasks" / format_state(task, state)).exists()
+            for state in (TaskState.QUEUED, TaskState.PENDING)
+        )
 
     def rescan(self, *, initial: bool = False) -> None:
         """The listing is the truth: accept what waits in incoming/, refresh every active run."""
@@ -351,6 +376,7 @@ class Coordinator:
         if active.id not in self.runs:
             return
         del self.runs[active.id]
+        self.finished.add(active.id)
         summary = write_summary(active.run, durable=self.spool.durable)
         append_event(
             active.run.dir,
