@@ -8,7 +8,10 @@ The order makes a crash at any point lose nothing and accept nothing twice:
 4. rename the staging directory to ``runs/<run-id>`` (the run becomes visible, complete).
 
 A crash before 3 leaves a staging dir without a manifest: it is deleted. A crash between 3 and 4
-leaves one with the manifest: the manifest goes back to incoming/ and is accepted again.
+leaves one with the manifest: the manifest goes back to incoming/ and is accepted again. The claim
+is one ``renameat2(RENAME_NOREPLACE)``; where that is missing it is a link then an unlink, and a
+crash between those leaves the manifest in incoming/ and in the staging dir as one inode: the
+staged link is dropped, and the manifest is accepted again, once.
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from occoord.errors import ManifestError
-from occoord.fsutil import NotRegularFile, TooLarge, fsync_dir, move_noclobber, read_limited
+from occoord.fsutil import (
+    NotRegularFile,
+    TooLarge,
+    fsync_dir,
+    make_private,
+    move_noclobber,
+    read_limited,
+)
 from occoord.manifest import MAX_MANIFEST_BYTES, format_for, parse_manifest
-from occoord.names import is_ignored_incoming
+from occoord.names import is_ignored_incoming, printable
 
 if TYPE_CHECKING:
     from occoord.spool import AcceptOutcome, Spool
@@ -45,7 +55,7 @@ def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
         with spool.lock:
             return spool.reject(path, "symbolic links are not accepted: copy the manifest itself")
     if not stat.S_ISREG(info.st_mode):
-        log.warning("incoming/%s is not a regular file; left alone", name)
+        log.warning("incoming/%s is not a regular file; left alone", printable(name))
         return AcceptOutcome("ignored", path, reason="not a regular file")
     fmt = format_for(path)
     if fmt is None:
@@ -79,18 +89,23 @@ def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
         except BaseException:
             shutil.rmtree(spool.runs / f".{run_id}.partial", ignore_errors=True)
             raise
+        claimed = staging / f"manifest.{path.suffix.lstrip('.').lower()}"
         try:
-            move_noclobber(path, staging / f"manifest.{path.suffix.lstrip('.').lower()}")
+            move_noclobber(path, claimed)
         except FileNotFoundError:
             shutil.rmtree(staging)
             return AcceptOutcome("gone", path)
+        try:
+            make_private(claimed)  # it kept its author's mode until now
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", claimed, exc.strerror)
         if spool.durable:
             fsync_dir(staging)
         os.rename(staging, spool.runs / run_id)
         if spool.durable:
             fsync_dir(spool.runs)
             fsync_dir(spool.incoming)
-    log.info("accepted %s as run %s (%d tasks)", name, run_id, len(manifest.tasks))
+    log.info("accepted %s as run %s (%d tasks)", printable(name), run_id, len(manifest.tasks))
     return AcceptOutcome("accepted", path, run_id=run_id)
 
 
@@ -107,12 +122,28 @@ def undo_partial(spool: Spool, staging: Path) -> list[str]:
         stem, dot, ext = original.rpartition(".")
         for n in range(1, 1000):
             target = spool.incoming / (original if n == 1 else f"{stem}-{n}{dot}{ext}")
+            if _same_inode(manifests[0], target):
+                # Killed between the link and the unlink of the claim: the manifest never left.
+                os.unlink(manifests[0])
+                repairs.append(
+                    f"{printable(original)} was still in incoming/: dropped its half-built run's link"
+                )
+                break
             try:
                 move_noclobber(manifests[0], target)
             except FileExistsError:
                 continue
-            repairs.append(f"returned {original} from a half-built run to incoming/ as {target.name}")
+            shown = printable(target.name)
+            repairs.append(f"returned {printable(original)} from a half-built run to incoming/ as {shown}")
             break
     shutil.rmtree(staging)
     repairs.append(f"removed half-built run {staging.name}")
     return repairs
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        x, y = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)

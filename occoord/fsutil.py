@@ -6,10 +6,13 @@ module only makes the primitives explicit and durable.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import re
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -20,12 +23,21 @@ __all__ = [
     "append_line",
     "atomic_write",
     "fsync_dir",
+    "is_atomic_write_temp",
+    "make_private",
     "move_noclobber",
     "read_limited",
+    "rename_noreplace",
 ]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+#: the temporary names atomic_write uses: ``.<name>.<8 hex digits>.tmp``
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp", re.DOTALL)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 
 
 class NotRegularFile(Exception):
@@ -51,7 +63,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, sync_dir: boo
     Readers see the old content or the new, never a half file. The temp name starts with a dot and
     ends ``.tmp`` so watchers and ``ls`` ignore it, and crash cleanup can find it.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # see is_atomic_write_temp
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(data)
@@ -69,18 +81,69 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, sync_dir: boo
         fsync_dir(path.parent)
 
 
+def is_atomic_write_temp(name: str) -> bool:
+    """True for a name :func:`atomic_write` gives its temp files (what crash cleanup may delete)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2: Callable[..., int] | None = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path) -> bool:
+    """``renameat2(src, dst, RENAME_NOREPLACE)``: one atomic rename that refuses an existing ``dst``.
+
+    Returns False, having done nothing, where the kernel, the C library or the filesystem lacks it
+    (Linux < 3.15, glibc < 2.28, some filesystems); raises FileExistsError if ``dst`` exists and
+    OSError for any other failure, like ``os.rename``.
+    """
+    global _renameat2
+    func = _renameat2
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        _renameat2 = None  # the kernel has no renameat2: never ask again
+        return False
+    if err == errno.EINVAL:
+        return False  # this filesystem does not support the flag
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
 def move_noclobber(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``, failing with FileExistsError if ``dst`` exists.
 
-    ``os.rename`` silently overwrites; link + unlink refuses an existing target. Works for files
-    only (directories cannot be hard-linked).
+    ``os.rename`` silently overwrites. ``renameat2(RENAME_NOREPLACE)`` refuses an existing target in
+    one atomic step; where it is missing, link + unlink does the same in two steps (a crash between
+    them leaves both names: recovery drops the source when the target holds the same inode). The
+    fallback works for files only (directories cannot be hard-linked).
     """
+    if rename_noreplace(src, dst):
+        return
     os.link(src, dst, follow_symlinks=False)
     try:
         os.unlink(src)
     except FileNotFoundError:
         # Someone else removed the source after our link: the move still happened once.
         pass
+
+
+def make_private(path: Path) -> None:
+    """chmod a regular file to 0600 (symbolic links and other entries are left as they are)."""
+    if stat.S_ISREG(os.lstat(path).st_mode):
+        os.chmod(path, FILE_MODE)
 
 
 def read_limited(path: Path, limit: int) -> bytes:

@@ -316,6 +316,19 @@ def parse_manifest(
     return manifest
 
 
+def manifest_from_plan(doc: object, *, source: str) -> Manifest:
+    """Rebuild a run's stored plan (``run.json``), already decoded. It was validated when its
+    manifest was accepted, so the size limit does not apply (defaults applied to thousands of tasks
+    can make a plan larger than the manifest it came from); it is still fully checked."""
+    from occoord.manifest_tasks import build_manifest
+
+    checker = _Checker(False)
+    manifest = build_manifest(doc, checker, Path(source).stem)
+    if checker.problems or manifest is None:
+        raise ManifestError(source, checker.problems or [ManifestProblem("", "invalid manifest")])
+    return manifest
+
+
 def format_for(path: Path) -> str | None:
     """``json`` or ``yaml`` by file extension, None if the extension is not a manifest's."""
     suffix = path.suffix.lower()

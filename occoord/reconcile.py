@@ -18,6 +18,7 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from occoord.fsutil import atomic_write, fsync_dir
 from occoord.journal import iso, last_states
 from occoord.names import format_claim
 from occoord.state import TRANSITIONS, Actor, TaskState
@@ -156,21 +157,28 @@ def _roll_forward(rt: RunTasks, task: str, targets: list[TaskState]) -> str:
     target = targets[0]
     claim = rt.dir / format_claim(task, target)
     old = TaskRecord.from_bytes(claim.read_bytes()) or TaskRecord(task, target)
-    source = old.state
-    record = old if source is target else replace(old, state=target, since=iso(rt.clock()))
-    rt._publish(claim, task, record)
     for extra in targets[1:]:
         _unlink(rt.dir / format_claim(task, extra))
-    msg = "completed a transition interrupted by a crash"
+    source = old.state
     if source is not target:
-        rt.repair_event(task, source.value, target.value, msg, attempt=record.attempt, kind="transition")
-    return f"task {task}: {msg} ({source} -> {target})"
+        # Interrupted before the new record was written: nothing of the transition was done or
+        # acknowledged (no journal line, no session for a dispatch), so it is undone. Rolling it
+        # forward would invent a record: a dispatch with the previous attempt's number and session.
+        os.rename(claim, rt.path(task, source))
+        if rt.durable:
+            fsync_dir(rt.dir)
+        msg = f"undid a transition to {target} interrupted by a crash before its record was written"
+        rt.repair_event(task, None, None, msg)
+        return f"task {task}: {msg}"
+    # The new record was written: only the publishing rename is missing.
+    rt._publish(claim, task, old)
+    msg = "completed a transition interrupted by a crash"
+    return f"task {task}: {msg} (-> {target})"
 
 
 def _rewrite(rt: RunTasks, task: str, state: TaskState, record: TaskRecord) -> None:
-    claim = rt.dir / format_claim(task, state)
-    os.rename(rt.path(task, state), claim)
-    rt._publish(claim, task, record)
+    # In place (see RunTasks.update): the name never disappears under an outside writer.
+    atomic_write(rt.path(task, state), record.to_bytes(), durable=rt.durable)
 
 
 def _sorted(states: list[TaskState]) -> list[TaskState]:

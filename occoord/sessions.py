@@ -129,7 +129,8 @@ class SessionDriver:
                 prompted = bool(await self.client.messages(session_id, attempt.directory))
             attempt.session_id = session_id
             self.register(attempt)
-            active.run.tasks.update(attempt.task, TaskState.PENDING, session_id=session_id)
+            # Not fsynced: after a crash the session is found again by its title.
+            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, session_id=session_id)
             if not prompted:
                 text = build_prompt(
                     spec, spool_root=self.co.spool.root, run_id=active.id, tasks_dir=active.run.tasks.dir

@@ -8,7 +8,8 @@ Layout::
       incoming/                drop manifests here (*.json, *.yaml, *.yml); names starting "." or
                                ending .tmp ~ .swp .part are ignored while being written
       tmp/                     writers create files here, then rename them into incoming/
-      rejected/<stamp>-<name>  a manifest that failed validation, beside <stamp>-<name>.error
+      rejected/<stamp>-<name>  a manifest that failed validation, beside <stamp>-<name>.error (a
+                               name too long for that is shortened and given a hash)
       runs/<run-id>/           one accepted manifest; run id = <UTC yyyymmddThhmmssZ>-<stem>[-<n>]
         manifest.<ext>         the original manifest, moved here by rename
         run.json               the resolved plan (JSON, "protocol": 1)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,10 +38,26 @@ from pathlib import Path
 from filelock import FileLock
 
 from occoord.errors import ManifestError, NotFound, SpoolError
-from occoord.fsutil import DIR_MODE, atomic_write, fsync_dir, move_noclobber
+from occoord.fsutil import (
+    DIR_MODE,
+    atomic_write,
+    fsync_dir,
+    is_atomic_write_temp,
+    make_private,
+    move_noclobber,
+    rename_noreplace,
+)
 from occoord.journal import Event, append_event, iso
-from occoord.manifest import Manifest, load_manifest, parse_manifest
-from occoord.names import format_run_id, is_ignored_incoming, parse_run_id, run_stamp
+from occoord.manifest import Manifest, load_manifest, manifest_from_plan
+from occoord.names import (
+    format_rejected,
+    format_run_id,
+    is_ignored_incoming,
+    parse_rejected,
+    parse_run_id,
+    printable,
+    rejected_part,
+)
 from occoord.state import Actor, TaskState
 from occoord.taskfiles import TASKS_DIR, RunTasks, TaskRecord
 
@@ -48,7 +66,7 @@ __all__ = ["PROTOCOL_LINE", "AcceptOutcome", "Run", "Spool"]
 log = logging.getLogger(__name__)
 PROTOCOL_LINE = "occoord-spool 1"
 SETTLE_SECONDS = 2.0  # a file unchanged this long is taken as completely written
-TMP_MAX_AGE = 3600.0  # temp files older than this in tmp/ are a crashed writer's leftovers
+TMP_MAX_AGE = 3600.0  # temp files older than this are a crashed writer's leftovers
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,7 @@ class Run:
         self.dir = spool.runs / run_id
         try:
             meta = json.loads((self.dir / "run.json").read_bytes())
-            plan = json.dumps(meta["plan"]).encode()
-            self.manifest: Manifest = parse_manifest(plan, source=f"{run_id}/run.json", check_dirs=False)
+            self.manifest: Manifest = manifest_from_plan(meta["plan"], source=f"{run_id}/run.json")
         except FileNotFoundError:
             raise NotFound(str(self.dir), "no such run") from None
         except (ValueError, KeyError, ManifestError) as exc:
@@ -187,7 +204,12 @@ class Spool:
     # -- submitting and accepting ----------------------------------------------------------
 
     def submit(self, source: Path) -> Path:
-        """Validate ``source`` and put a copy into incoming/ atomically (tmp/, then rename)."""
+        """Validate ``source`` and put a copy into incoming/ atomically (tmp/, then rename).
+
+        The copy is published by a rename that never replaces a file already there, so a watcher
+        sees a moved-to (a complete file) and takes it at once: ``renameat2(RENAME_NOREPLACE)``, or,
+        where that is missing, a plain rename under the spool lock after checking the name is free.
+        """
         load_manifest(source)  # fail here, where the user is, rather than in rejected/
         data = source.read_bytes()
         staging = self.tmp / f".{source.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
@@ -196,7 +218,14 @@ class Spool:
         for n in range(1, 1000):
             target = self.incoming / (source.name if n == 1 else f"{stem}-{n}{suffix}")
             try:
-                move_noclobber(staging, target)
+                if not rename_noreplace(staging, target):
+                    # No atomic no-clobber rename here. link + unlink would publish a link, which a
+                    # watcher cannot tell from a `cp` still writing; so: a plain rename, under the
+                    # lock every accept and reject holds, of a name checked free.
+                    with self.lock:
+                        if os.path.lexists(target):
+                            continue
+                        os.rename(staging, target)
             except FileExistsError:
                 continue
             if self.durable:
@@ -284,59 +313,155 @@ class Spool:
         return staging
 
     def reject(self, path: Path, reason: str) -> AcceptOutcome:
-        """Move a bad manifest to rejected/ with ``<name>.error`` beside it (error first: no loss)."""
+        """Move a bad manifest to rejected/ with ``<name>.error`` beside it (error first: no loss).
+
+        Called under the spool lock. A crash between the two leaves a ``.error`` without its
+        manifest, which :meth:`recover` removes (the manifest, still in incoming/, is rejected again).
+        """
         name = path.name
-        stamp = run_stamp(self.clock())
+        shown = printable(name)
+        # The reason names the file too (ManifestError's source): escape the name as a whole first,
+        # then whatever else each line holds; the reason's own line breaks stay.
+        reason = "\n".join(printable(line) for line in reason.replace(name, shown).split("\n"))
+        when = self.clock()
         for n in range(1, 1000):
-            base = f"{stamp}-{name}" if n == 1 else f"{stamp}-{n}-{name}"
+            base = format_rejected(when, name, n)
             target = self.rejected / base
-            if target.exists() or target.with_name(base + ".error").exists():
+            error = self.rejected / f"{base}.error"
+            if os.path.lexists(target) or os.path.lexists(error):
                 continue
-            text = f"{_printable(name)} was rejected at {iso(self.clock())}:\n{reason}\n"
-            atomic_write(
-                target.with_name(base + ".error"),
-                text.encode("utf-8", "replace"),
-                durable=self.durable,
-            )
+            text = f"{shown} was rejected at {iso(self.clock())}:\n{reason}\n"
+            atomic_write(error, text.encode("utf-8", "replace"), durable=self.durable)
             try:
                 move_noclobber(path, target)
             except FileExistsError:
+                os.unlink(error)
                 continue
             except FileNotFoundError:
-                os.unlink(target.with_name(base + ".error"))
+                os.unlink(error)
                 return AcceptOutcome("gone", path)
+            _make_private(target)
             if self.durable:
                 fsync_dir(self.rejected)
                 fsync_dir(self.incoming)
-            log.warning("rejected %s: %s", _printable(name), reason.replace("\n", "; "))
+            log.warning("rejected %s: %s", shown, reason.replace("\n", "; "))
             return AcceptOutcome("rejected", target, reason=reason)
-        raise SpoolError(str(self.rejected), f"too many rejections named {name}")
+        raise SpoolError(str(self.rejected), f"too many rejections named {shown}")
 
     # -- recovery --------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """After a crash: undo half-built runs, clean old temp files, reconcile every unfinished run."""
+        """After a crash: undo half-built runs and interrupted rejections, clean old temp files,
+        reconcile every unfinished run."""
         repairs: list[str] = []
         with self.lock:
             for name in sorted(os.listdir(self.runs)):
                 if name.startswith(".") and name.endswith(".partial"):
                     repairs += self._undo_partial(self.runs / name)
+            rejected = self._recover_rejections(repairs)
         now = time.time()
         for name in os.listdir(self.tmp):
             path = self.tmp / name
             try:
                 if now - path.lstat().st_mtime > TMP_MAX_AGE:
                     path.unlink()
-                    repairs.append(f"removed stale temp file tmp/{name}")
+                    repairs.append(f"removed stale temp file tmp/{printable(name)}")
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 continue
+        # Temp files atomic_write leaves wherever it publishes: the spool's root (PROTOCOL,
+        # server.json), rejected/ (.error), each run's directory (summaries) and its results/.
+        # tasks/ is reconcile's; incoming/ belongs to the writers.
+        repairs += self._remove_old_temps(self.root, now)
+        repairs += self._remove_old_temps(self.rejected, now, rejected)
         for run_id in self.run_ids():
+            repairs += self._remove_old_temps(self.runs / run_id, now)
+            repairs += self._remove_old_temps(self.runs / run_id / "results", now)
             try:
                 run = self.run(run_id)
             except SpoolError as exc:
                 log.error("cannot recover run %s: %s", run_id, exc)
                 continue
             repairs += run.tasks.reconcile()
+        return repairs
+
+    def _recover_rejections(self, repairs: list[str]) -> list[str]:
+        """Finish rejections a crash interrupted (under the spool lock); return rejected/'s names.
+
+        - killed between the link and the unlink of the move (where renameat2 is missing): the
+          manifest is in incoming/ and in rejected/ as one inode: the incoming/ name is dropped.
+        - killed between writing ``X.error`` and moving the manifest to ``X``: the manifest is still
+          in incoming/ and will be rejected again, so the orphan ``X.error`` is removed.
+        """
+        try:
+            names = os.listdir(self.rejected)
+        except FileNotFoundError:
+            return []
+        linked: dict[tuple[int, int], str] = {}
+        parts: set[str] = set()
+        for name in os.listdir(self.incoming):
+            if is_ignored_incoming(name):
+                continue
+            parts.add(rejected_part(name))
+            try:
+                info = os.lstat(self.incoming / name)
+            except FileNotFoundError:
+                continue
+            if info.st_nlink > 1:
+                linked[(info.st_dev, info.st_ino)] = name
+        present = set(names)
+        for entry in names:
+            if entry.startswith(".") or entry.endswith(".error"):
+                continue
+            if linked:
+                try:
+                    info = os.lstat(self.rejected / entry)
+                except FileNotFoundError:
+                    continue
+                name = linked.pop((info.st_dev, info.st_ino), "")
+                if name:
+                    os.unlink(self.incoming / name)
+                    parts.discard(rejected_part(name))
+                    repairs.append(
+                        f"incoming/{printable(name)} was already rejected as rejected/{printable(entry)}:"
+                        " removed it (a move interrupted by a crash)"
+                    )
+        for entry in names:
+            if not entry.endswith(".error") or entry.startswith("."):
+                continue
+            base = entry[: -len(".error")]
+            if base not in present and parse_rejected(base) & parts:
+                os.unlink(self.rejected / entry)
+                present.discard(entry)
+                repairs.append(
+                    f"removed rejected/{printable(entry)}: its manifest is still in incoming/ and will be"
+                    " rejected again (a rejection interrupted by a crash)"
+                )
+        if repairs and self.durable:
+            fsync_dir(self.rejected)
+            fsync_dir(self.incoming)
+        return sorted(present)
+
+    def _remove_old_temps(self, directory: Path, now: float, names: list[str] | None = None) -> list[str]:
+        """Remove atomic_write's temp files older than TMP_MAX_AGE from ``directory`` (one listdir)."""
+        if names is None:
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        repairs = []
+        for name in names:
+            if not is_atomic_write_temp(name):
+                continue
+            path = directory / name
+            try:
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode) and now - info.st_mtime > TMP_MAX_AGE:
+                    path.unlink()
+                    repairs.append(f"removed stale temp file {printable(str(path.relative_to(self.root)))}")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot remove stale temp file %s: %s", printable(str(path)), exc.strerror)
         return repairs
 
     def _undo_partial(self, staging: Path) -> list[str]:
@@ -346,4 +471,12 @@ class Spool:
 
 
 def _printable(name: str) -> str:
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return printable(name)
+
+
+def _make_private(path: Path) -> None:
+    """Give a manifest moved into the spool mode 0600 (it kept its author's until now)."""
+    try:
+        make_private(path)
+    except OSError as exc:
+        log.warning("cannot make %s private: %s", printable(str(path)), exc.strerror)

@@ -186,10 +186,26 @@ class RunTasks:
         log.info("task %s: %s -> %s%s", task, source, target, f" ({reason})" if reason else "")
         return record
 
-    def update(self, task: str, state: TaskState, **changes: Any) -> TaskRecord:
-        """Change a record's fields without changing its state (e.g. record the session id)."""
+    def update(
+        self, task: str, state: TaskState, *, durable: bool | None = None, **changes: Any
+    ) -> TaskRecord:
+        """Change a record's fields without changing its state (e.g. record the session id).
+
+        The file is replaced in place, never renamed away: an outside ``mv T.pending T.done`` racing
+        with it must not fail (ENOENT would tell that writer it lost). If the outside rename wins,
+        the replaced file reappears beside the new one and reconciliation lets the terminal state win.
+        """
         with self.lock:
-            return self._move(task, state, state, actor=None, reason=None, changes=changes)
+            path = self.path(task, state)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise TransitionConflict(task, state.value, _value(self.current(task))) from None
+            old = TaskRecord.from_bytes(data) or TaskRecord(task, state)
+            record = replace(old, state=state, **changes)
+            write_durably = self.durable if durable is None else durable and self.durable
+            atomic_write(path, record.to_bytes(), durable=write_durably, sync_dir=write_durably)
+            return record
 
     def _move(
         self,

@@ -276,14 +276,6 @@ def test_outside_writers_racing_the_coordinator_lose_no_signal(
     print(f"race outcomes: {dict(outcomes)}; refused while still pending: {spurious}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spool.submit (occoord/spool.py) publishes into incoming/ with move_noclobber, i.e. os.link + "
-    "os.unlink: inotify reports an IN_CREATE (+IN_ATTRIB), never a close-write or a moved-to, so the "
-    "watcher (watcher.classify -> Coordinator.handle_hint) files it as a `cp` still writing and waits "
-    "open_writer_seconds (60 s) before accepting it; measured: 60.0 s for `occoord submit`, 0.07 s for "
-    "a rename, 0.01 s for a cp",
-)
 def test_occoord_submit_into_a_watched_spool_is_taken_at_once(
     tmp_path: Path, workdir: Path, simulator: str
 ) -> None:
@@ -298,14 +290,6 @@ def test_occoord_submit_into_a_watched_spool_is_taken_at_once(
         assert watcher.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RunTasks.update (occoord/taskfiles.py, via _move with source == target; also "
-    "reconcile._rewrite) renames T.pending away to .T.pending.claim just to rewrite its record "
-    "(e.g. to note the session id): a plain `mv T.pending T.done` in that window fails with ENOENT "
-    "although nobody changed the state, and PROTOCOL.md tells writers that ENOENT means the other "
-    "side won, so the signal is dropped",
-)
 def test_outside_mv_during_a_record_update_is_not_refused(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

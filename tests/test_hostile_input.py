@@ -328,12 +328,6 @@ def test_hostile_entries_all_at_once(world: tuple[Path, Path, str], tmp_path: Pa
             big.unlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spool.reject (occoord/spool.py) builds rejected/STAMP-NAME and STAMP-NAME.error from the "
-    "whole incoming name: a name longer than 255-17-6 = 232 bytes makes atomic_write raise "
-    "ENAMETOOLONG, so the file is never rejected and is retried (and logged) at every rescan",
-)
 def test_a_name_too_long_to_prefix_is_still_rejected(spool: Spool) -> None:
     name = "x" * 240 + ".json"
     (spool.incoming / name).write_bytes(b"{broken")
@@ -342,12 +336,6 @@ def test_a_name_too_long_to_prefix_is_still_rejected(spool: Spool) -> None:
     assert not (spool.incoming / name).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spool.reject (occoord/spool.py) writes the file name into the .error text and the log line "
-    "as is (_printable only replaces undecodable bytes): a name holding a newline forges extra lines "
-    "in both (low severity: incoming/ is 0700). Fix: escape control characters, e.g. repr()-style",
-)
 def test_a_file_name_cannot_forge_lines_in_the_reason_or_the_log(
     spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -192,3 +192,102 @@ def test_run_finished_when_every_task_is_terminal(spool: Spool) -> None:
     run.signal("b", TaskState.FAILED, "nope")
     assert run.finished()
     assert run.tasks.read("b") is not None and run.tasks.read("b").reason == "nope"  # type: ignore[union-attr]
+
+
+def test_moved_manifests_become_private(spool: Spool) -> None:
+    good, bad = spool.incoming / "good.json", spool.incoming / "bad.json"
+    good.write_bytes(make_manifest(["a"]))
+    bad.write_bytes(b"{broken")
+    for path in (good, bad):
+        path.chmod(0o644)  # the author's mode
+    accepted = spool.accept(good, settled=True)
+    rejected = spool.accept(bad, settled=True)
+    assert accepted.kind == "accepted" and rejected.kind == "rejected"
+    assert accepted.run_id is not None
+    assert stat.S_IMODE((spool.runs / accepted.run_id / "manifest.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(rejected.path.stat().st_mode) == 0o600
+
+
+def test_without_renameat2_moves_fall_back_and_submit_still_renames(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from occoord import fsutil
+
+    monkeypatch.setattr(fsutil, "_renameat2", None)
+    assert not fsutil.rename_noreplace(spool.tmp / "a", spool.tmp / "b")
+    src = tmp_path / "plan.json"
+    src.write_bytes(make_manifest(["a"]))
+    first, second = spool.submit(src), spool.submit(src)
+    assert first.name == "plan.json" and second.name == "plan-2.json"
+    assert os.stat(first).st_nlink == 1  # renamed in, not linked: a watcher sees a moved-to
+    assert os.listdir(spool.tmp) == []
+    assert spool.accept(first, settled=True).kind == "accepted"
+    (spool.incoming / "bad.json").write_bytes(b"{broken")
+    assert spool.accept(spool.incoming / "bad.json", settled=True).kind == "rejected"
+    other = spool.incoming / "other.json"
+    other.write_text("x")
+    with pytest.raises(FileExistsError):
+        fsutil.move_noclobber(second, other)  # link + unlink refuses an existing target too
+    assert second.exists() and other.read_text() == "x"
+
+
+def test_renameat2_never_replaces(tmp_path: Path) -> None:
+    from occoord import fsutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("a")
+    b.write_text("b")
+    with pytest.raises(FileExistsError):
+        fsutil.move_noclobber(a, b)
+    assert a.read_text() == "a" and b.read_text() == "b"
+    with pytest.raises(FileNotFoundError):
+        fsutil.move_noclobber(tmp_path / "missing", tmp_path / "c")
+    fsutil.move_noclobber(a, tmp_path / "c")
+    assert not a.exists() and (tmp_path / "c").read_text() == "a"
+
+
+def test_a_reason_left_without_its_manifest_by_a_crash_is_removed(spool: Spool) -> None:
+    path = spool.incoming / "bad.json"
+    path.write_bytes(b"{broken")
+    # Killed after writing the .error, before moving the manifest beside it.
+    (spool.rejected / "20260101T000000Z-bad.json.error").write_text("bad.json was rejected at ...")
+    # A reason whose manifest someone else removed, for a name not in incoming/, is left alone.
+    (spool.rejected / "20260101T000000Z-other.json.error").write_text("other.json was rejected ...")
+    repairs = spool.recover()
+    assert any("20260101T000000Z-bad.json.error" in r for r in repairs)
+    assert sorted(os.listdir(spool.rejected)) == ["20260101T000000Z-other.json.error"]
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "rejected"
+    assert outcome.path.with_name(outcome.path.name + ".error").exists()
+
+
+def test_a_long_rejected_name_keeps_its_extension_and_the_reason_names_it(spool: Spool) -> None:
+    name = "é" * 120 + ".yaml"  # 245 bytes
+    (spool.incoming / name).write_bytes(b"tasks: [")
+    outcome = spool.accept(spool.incoming / name, settled=True)
+    assert outcome.kind == "rejected"
+    assert outcome.path.name.endswith(".yaml") and len(os.fsencode(outcome.path.name)) < 240
+    error = outcome.path.with_name(outcome.path.name + ".error").read_text()
+    assert error.startswith(f"{name} was rejected at ")
+
+
+def test_a_run_whose_plan_outgrows_the_manifest_limit_still_loads(spool: Spool, tmp_path: Path) -> None:
+    """Defaults are applied to every task in run.json, so a manifest under 1 MiB can make a plan
+    over it: the stored plan is trusted for size (it was validated at acceptance) and loads."""
+    defaults = {
+        "agent": "build",
+        "model": "provider/some-model-name",
+        "directory": str(tmp_path),
+        "timeout": "30m",
+    }
+    tasks = [{"id": f"task-{i:05d}", "prompt": "p" * 120} for i in range(4000)]
+    data = json.dumps({"version": 1, "name": "big", "defaults": defaults, "tasks": tasks}).encode()
+    assert len(data) < 1024 * 1024
+    path = spool.incoming / "big.json"
+    path.write_bytes(data)
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "accepted" and outcome.run_id is not None, outcome
+    assert (spool.runs / outcome.run_id / "run.json").stat().st_size > 1024 * 1024
+    run = spool.run(outcome.run_id)
+    assert len(run.manifest.tasks) == 4000
+    assert run.manifest.tasks[-1].agent == "build"

@@ -137,7 +137,9 @@ class SpoolMachine(RuleBasedStateMachine):
         if step == "published":
             os.rename(claim, tasks.path(task, to))  # died before the journal line
         tasks.reconcile()  # recovery is a full reconcile, as at start-up
-        self.model[task] = to
+        # Died before the new record was written: nothing was done, so the claim is undone;
+        # once written, the transition is completed.
+        self.model[task] = source if step == "claimed" else to
 
     @rule(task=task_ids, to=states)
     def crash_before_journal(self, task: str, to: TaskState) -> None:

@@ -41,13 +41,6 @@ def test_fifteen_kills_lose_and_double_nothing(tmp_path: Path) -> None:
     # report.known lists findings of the known bugs the tests below pin down deterministically.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spool.recover (occoord/spool.py) removes old temp files only in tmp/ (and reconcile only in "
-    "tasks/): a SIGKILL inside atomic_write of results/T.md, summary.json, summary.md or "
-    "rejected/X.error leaves .NAME.XXXXXXXX.tmp there for ever (the torture run found "
-    "results/.t2.md.911c42b6.tmp after 15 kills)",
-)
 def test_recovery_removes_old_temp_files_wherever_atomic_write_leaves_them(spool: Spool) -> None:
     run = new_run(spool, ["a"])
     old = time.time() - TMP_MAX_AGE - 60
@@ -75,14 +68,6 @@ def accept_all(spool: Spool) -> list[str]:
     return [spool.accept(path, settled=True).kind for path in spool.incoming_files()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="accept_file (occoord/accept.py) claims the manifest with move_noclobber = os.link + "
-    "os.unlink; killed between the two, incoming/NAME and runs/.RUN.partial/manifest.* are one inode, "
-    "and undo_partial (same file) returns the staged link to incoming/ as NAME-2 because NAME exists: "
-    "the manifest is then accepted twice. Fix: publish with renameat2(RENAME_NOREPLACE), or have "
-    "undo_partial drop the staged link when incoming/ still holds the same inode (os.path.samefile)",
-)
 def test_kill_between_link_and_unlink_of_the_accept_claim_makes_one_run(spool: Spool) -> None:
     from occoord.manifest import load_manifest
 
@@ -95,12 +80,6 @@ def test_kill_between_link_and_unlink_of_the_accept_claim_makes_one_run(spool: S
     assert len(spool.run_ids()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spool.reject (occoord/spool.py) moves the manifest with move_noclobber = os.link + "
-    "os.unlink; killed between the two, the manifest is in incoming/ and in rejected/ (one inode), "
-    "and the next start-up rejects it again: two rejected copies and two .error files",
-)
 def test_kill_between_link_and_unlink_of_a_rejection_makes_one_rejection(spool: Spool) -> None:
     path = spool.incoming / "bad.json"
     path.write_text("{not json")
@@ -112,15 +91,6 @@ def test_kill_between_link_and_unlink_of_a_rejection_makes_one_rejection(spool: 
     assert len([p for p in spool.rejected.iterdir() if not p.name.endswith(".error")]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile._roll_forward (occoord/reconcile.py) rolls a claim forward even when it still "
-    "holds the old record (killed between the claim rename and the write): a retry's dispatch "
-    "(queued -> pending) then comes back as pending with the previous attempt's number and "
-    "session_id, so the re-attach classifies the previous, failed turn again instead of running a new "
-    "attempt. A claim whose content still names its source state should be rolled back (nothing was "
-    "acknowledged, no session exists for it yet)",
-)
 def test_dispatch_killed_before_its_record_was_written_reuses_no_attempt(spool: Spool) -> None:
     from occoord.state import TaskState
 
