@@ -247,8 +247,8 @@ class Coordinator:
                 repairs = active.run.tasks.reconcile()
                 if repairs:
                     active.refresh()
-            elif not (self.spool.runs / run_id / "summary.json").exists():
-                self.activate(run_id)
+            elif not self.spool.looks_finished(run_id):
+                self.activate(run_id)  # unfinished, or requeued (or repaired) while we were away
         for active in list(self.runs.values()):
             self.driver.check_cancel(active)
             for task, dep in active.blocked_by_failure():

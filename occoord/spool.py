@@ -376,6 +376,8 @@ class Spool:
         for run_id in self.run_ids():
             repairs += self._remove_old_temps(self.runs / run_id, now)
             repairs += self._remove_old_temps(self.runs / run_id / "results", now)
+            if self.looks_finished(run_id):
+                continue  # nothing to repair: loading its plan would only cost start-up time
             try:
                 run = self.run(run_id)
             except SpoolError as exc:
@@ -383,6 +385,18 @@ class Spool:
                 continue
             repairs += run.tasks.reconcile()
         return repairs
+
+    def looks_finished(self, run_id: str) -> bool:
+        """True for a finished run nobody has touched since: it has its summary and ``tasks/`` holds
+        only terminal state files (no claim, no temp file, no requeued task). One listing."""
+        run_dir = self.runs / run_id
+        if not (run_dir / "summary.json").exists():
+            return False
+        try:
+            names = os.listdir(run_dir / "tasks")
+        except FileNotFoundError:
+            return False
+        return all(not name.startswith(".") and name.endswith((".done", ".failed")) for name in names)
 
     def _recover_rejections(self, repairs: list[str]) -> list[str]:
         """Finish rejections a crash interrupted (under the spool lock); return rejected/'s names.

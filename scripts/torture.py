@@ -451,6 +451,8 @@ def torture(
 
         watcher = start(kills)
         try:
+            # Ready first: a SIGTERM during interpreter start-up, before any handler exists, kills it.
+            wait_for(lambda w=watcher: READY in w.output() or w.popen.poll() is not None, 60, 0.02)
             wait_for(drained, drain_timeout, 0.5)
         except TimeoutError:
             report.problems.append(f"not drained within {drain_timeout:.0f} s")

@@ -353,3 +353,24 @@ def test_hooks_get_the_facts_in_environment_variables_only(
     run = json.loads((out / "run.json").read_text())
     assert run["OCCOORD_STATE"] == "failed" and run["OCCOORD_SUMMARY"] == str(run_dir / "summary.json")
     assert not list(tmp_path.rglob("INJECTED")) and not Path("INJECTED").exists()
+
+
+def test_a_run_requeued_while_no_watcher_runs_resumes_at_start(
+    spool: Path, simulator: str, workdir: Path
+) -> None:
+    first = start_watcher(spool, workdir, server=simulator, name="first")
+    drop(
+        spool, "again.json", manifest(task("x", "[sim: error APIError fatal]"), task("y", "[sim: work 0.05]"))
+    )
+    run_dir = the_run(spool)
+    assert summary(run_dir)["ok"] is False
+    assert first.stop() == 0
+    os.rename(run_dir / "tasks" / "x.failed", run_dir / "tasks" / "x.queued")  # by hand, nobody watching
+    second = start_watcher(spool, workdir, server=simulator, name="second")
+    try:
+        wait_for(
+            lambda: record(run_dir, "x")["attempt"] == 2 and states(run_dir)["x"] == "failed", timeout=30
+        )
+        assert summary(run_dir)["ok"] is False, "the run finished again, with a fresh summary"
+    finally:
+        assert second.stop() == 0
