@@ -19,7 +19,6 @@ then nothing is lost, no turn is run twice, and no two servers fight over one da
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
@@ -31,7 +30,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -44,15 +43,12 @@ from occoord.opencode.procinfo import (
     process_token,
     running,
 )
+from occoord.opencode.serverlog import ServerOutput
 
 __all__ = ["MISSING_BINARY", "OpenCodeServer", "ServerRecord", "find_binary", "process_token"]
 
 log = logging.getLogger(__name__)
 
-_LISTENING = re.compile(r"opencode server listening on (https?://\S+)")
-# Colour codes would break the match if the server ever decides our pipe is a terminal.
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_TAIL_LINES = 30
 _STOP_GRACE = 5.0
 _HEALTH_POLL = 0.2
 _HEALTH_REQUEST_TIMEOUT = 5.0
@@ -96,9 +92,7 @@ class OpenCodeServer:
         self._token: str | None = None  # process_token(pid) of the running server
         self._proc: asyncio.subprocess.Process | None = None
         self._pumps: list[asyncio.Task[None]] = []
-        self._log: IO[bytes] | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        self._listening: asyncio.Future[str] | None = None  # resolves to the announced URL
+        self._out = ServerOutput(log_path)
         self._lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- public
@@ -186,7 +180,7 @@ class OpenCodeServer:
                     await self._cleanup()
                 self.url = self.version = ""
                 return False
-            self._note_in_log(
+            self._out.note(
                 f"re-using pid {self.pid} at {self.url}, started by a previous coordinator "
                 "(its output was not captured since)"
             )
@@ -231,7 +225,7 @@ class OpenCodeServer:
 
     def log_tail(self) -> str:
         """The last lines the server printed (stdout and stderr), for error messages and diagnostics."""
-        return "\n".join(self._tail)
+        return self._out.tail()
 
     # --------------------------------------------------------------- startup
 
@@ -250,8 +244,7 @@ class OpenCodeServer:
     async def _start_locked(self) -> str:
         binary = find_binary(self._binary_arg)
         self.url, self.version, self.pid, self.binary, self._token = "", "", None, binary, None
-        self._tail.clear()
-        self._open_log(binary)
+        self._out.open(f"starting {binary} serve in {self.cwd}")
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -269,17 +262,19 @@ class OpenCodeServer:
                 start_new_session=True,
             )
         except OSError as exc:
-            self._close_log()
+            self._out.close()
             raise ServerUnavailable("opencode", f"cannot run {binary}: {exc}") from exc
         self._proc, self.pid, self._token = proc, proc.pid, process_token(proc.pid)
-        self._listening = asyncio.get_running_loop().create_future()
+        listening = self._out.expect_listening()
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
-            asyncio.create_task(self._pump(proc.stdout, b""), name=f"opencode-{proc.pid}-stdout"),
-            asyncio.create_task(self._pump(proc.stderr, b"[stderr] "), name=f"opencode-{proc.pid}-stderr"),
+            asyncio.create_task(self._out.pump(proc.stdout, b""), name=f"opencode-{proc.pid}-stdout"),
+            asyncio.create_task(
+                self._out.pump(proc.stderr, b"[stderr] "), name=f"opencode-{proc.pid}-stderr"
+            ),
         ]
         try:
-            self.url = await self._await_listening(binary)
+            self.url = await self._await_listening(binary, listening)
             self.version = await self._await_healthy()
         except BaseException:
             await self._cleanup()
@@ -293,30 +288,30 @@ class OpenCodeServer:
         )
         return self.url
 
-    async def _await_listening(self, binary: str) -> str:
+    async def _await_listening(self, binary: str, listening: asyncio.Future[str]) -> str:
         """Wait for the announcement line; the process exiting or the deadline passing ends the wait."""
-        assert self._proc is not None and self._listening is not None
+        assert self._proc is not None
         exited: asyncio.Future[Any] = asyncio.ensure_future(self._proc.wait())
-        waiters: set[asyncio.Future[Any]] = {self._listening, exited}
+        waiters: set[asyncio.Future[Any]] = {listening, exited}
         try:
             done, _ = await asyncio.wait(
                 waiters, timeout=self.start_deadline, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             exited.cancel()
-        if self._listening in done:
-            return self._listening.result()
+        if listening in done:
+            return listening.result()
         if exited in done:
             await self._drain_pumps(2.0)  # so the error can quote what it printed last
             raise ServerUnavailable(
                 "opencode",
                 f"`{binary} serve` exited with code {self._proc.returncode} before listening"
-                f"{self._quoted_tail()}",
+                f"{self._out.quoted_tail()}",
             )
         raise ServerUnavailable(
             "opencode",
             f"`{binary} serve` printed no 'opencode server listening on' line within "
-            f"{self.start_deadline:g} s; killed it{self._quoted_tail()}",
+            f"{self.start_deadline:g} s; killed it{self._out.quoted_tail()}",
         )
 
     async def _await_healthy(self, within: float | None = None) -> str:
@@ -331,13 +326,13 @@ class OpenCodeServer:
                     await self._drain_pumps(2.0)
                     code = self._proc.returncode if self._proc else None
                     raise ServerUnavailable(
-                        self.url, f"exited with code {code} before it was healthy{self._quoted_tail()}"
+                        self.url, f"exited with code {code} before it was healthy{self._out.quoted_tail()}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ServerUnavailable(
                         self.url,
-                        f"not healthy within {within:g} s (last: {last}){self._quoted_tail()}",
+                        f"not healthy within {within:g} s (last: {last}){self._out.quoted_tail()}",
                     )
                 try:
                     resp = await http.get(
@@ -352,70 +347,6 @@ class OpenCodeServer:
                 await asyncio.sleep(min(_HEALTH_POLL, max(deadline - time.monotonic(), 0)))
 
     # ------------------------------------------------------------ output pump
-
-    def _open_log(self, binary: str) -> None:
-        if self.log_path is None:
-            return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # Created private whatever the umask: the server's log may show prompts and file contents.
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._log = os.fdopen(fd, "ab")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log.write(f"=== occoord: {stamp} starting {binary} serve in {self.cwd}\n".encode())
-        self._log.flush()
-
-    def _note_in_log(self, text: str) -> None:
-        if self.log_path is None:
-            return
-        line = f"=== occoord: {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode()
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("cannot write opencode log %s: %s", self.log_path, exc)
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
-
-    def _note_line(self, raw: bytes, prefix: bytes) -> None:
-        """Log one output line, remember it for error messages, and spot the listening announcement."""
-        if self._log is not None:
-            try:
-                self._log.write(prefix + raw + b"\n")
-                self._log.flush()
-            except OSError as exc:  # a full disk must not kill the pump (the pipe would fill up)
-                log.warning("cannot write opencode log %s: %s", self.log_path, exc)
-                self._close_log()
-        text = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
-        self._tail.append(prefix.decode() + text)
-        if self._listening is not None and not self._listening.done():
-            match = _LISTENING.search(text)
-            if match:
-                self._listening.set_result(match.group(1).rstrip("/"))
-
-    async def _pump(self, stream: asyncio.StreamReader, prefix: bytes) -> None:
-        """Copy one pipe into the log until EOF. Reads in chunks: a huge line must not stop the flow."""
-        pending = b""
-        while True:
-            chunk = await stream.read(65536)
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._note_line(line, prefix)
-            if len(pending) > 65536:
-                self._note_line(pending, prefix)
-                pending = b""
-        if pending:
-            self._note_line(pending, prefix)
 
     async def _drain_pumps(self, timeout: float) -> None:
         """Give the pumps a moment to reach EOF; a grandchild holding the pipe open must not block us."""
@@ -471,15 +402,6 @@ class OpenCodeServer:
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
         self._pumps = []
-        if self._listening is not None and not self._listening.done():
-            self._listening.cancel()
-        self._listening = None
+        self._out.cancel_listening()
         self._proc = None
-        self._close_log()
-
-    def _quoted_tail(self) -> str:
-        tail = self.log_tail()
-        where = f" (log: {self.log_path})" if self.log_path else ""
-        if not tail:
-            return f"; it printed nothing{where}"
-        return f"; last output{where}:\n{tail}"
+        self._out.close()

@@ -1,0 +1,124 @@
+"""What a spawned ``opencode serve`` prints: kept in a private log file, its last lines remembered
+for error messages, and its ``listening on`` announcement spotted.
+
+The pipes are read for the server's whole life: a full pipe would stall it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import IO
+
+__all__ = ["ServerOutput"]
+
+log = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"opencode server listening on (https?://\S+)")
+# Colour codes would break the match if the server ever decides our pipe is a terminal.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TAIL_LINES = 30
+_CHUNK = 65536
+
+
+def _open_private(path: Path) -> int:
+    # Private whatever the umask: the server's log may show prompts and file contents.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+class ServerOutput:
+    def __init__(self, log_path: Path | None) -> None:
+        self.log_path = log_path
+        self._log: IO[bytes] | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._listening: asyncio.Future[str] | None = None  # resolves to the announced URL
+
+    def open(self, what: str) -> None:
+        """Start a new process's section of the log (appended: earlier runs stay readable)."""
+        self._tail.clear()
+        if self.log_path is None:
+            return
+        self._log = os.fdopen(_open_private(self.log_path), "ab")
+        self._log.write(f"=== occoord: {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n".encode())
+        self._log.flush()
+
+    def note(self, text: str) -> None:
+        """One line of occoord's own in the log, whether or not a process is running."""
+        if self.log_path is None:
+            return
+        line = f"=== occoord: {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode()
+        try:
+            fd = _open_private(self.log_path)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot write opencode log %s: %s", self.log_path, exc)
+
+    def close(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+    def expect_listening(self) -> asyncio.Future[str]:
+        """A future for the URL the next process announces."""
+        self._listening = asyncio.get_running_loop().create_future()
+        return self._listening
+
+    def cancel_listening(self) -> None:
+        if self._listening is not None and not self._listening.done():
+            self._listening.cancel()
+        self._listening = None
+
+    def line(self, raw: bytes, prefix: bytes) -> None:
+        """Log one output line, remember it for error messages, and spot the listening announcement."""
+        if self._log is not None:
+            try:
+                self._log.write(prefix + raw + b"\n")
+                self._log.flush()
+            except OSError as exc:  # a full disk must not kill the pump (the pipe would fill up)
+                log.warning("cannot write opencode log %s: %s", self.log_path, exc)
+                self.close()
+        text = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
+        self._tail.append(prefix.decode() + text)
+        if self._listening is not None and not self._listening.done():
+            match = _LISTENING.search(text)
+            if match:
+                self._listening.set_result(match.group(1).rstrip("/"))
+
+    async def pump(self, stream: asyncio.StreamReader, prefix: bytes) -> None:
+        """Copy one pipe into the log until EOF. Reads in chunks: a huge line must not stop the flow."""
+        pending = b""
+        while True:
+            chunk = await stream.read(_CHUNK)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self.line(line, prefix)
+            if len(pending) > _CHUNK:
+                self.line(pending, prefix)
+                pending = b""
+        if pending:
+            self.line(pending, prefix)
+
+    def tail(self) -> str:
+        return "\n".join(self._tail)
+
+    def quoted_tail(self) -> str:
+        """The last lines, ready to end an error message."""
+        tail = self.tail()
+        where = f" (log: {self.log_path})" if self.log_path else ""
+        if not tail:
+            return f"; it printed nothing{where}"
+        return f"; last output{where}:\n{tail}"
