@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from occoord.fsutil import (
     DIR_MODE,
     atomic_write,
     fsync_dir,
-    is_atomic_write_temp,
     make_private,
     move_noclobber,
     rename_noreplace,
@@ -53,20 +51,18 @@ from occoord.names import (
     format_rejected,
     format_run_id,
     is_ignored_incoming,
-    parse_rejected,
     parse_run_id,
     printable,
-    rejected_part,
 )
+from occoord.recovery import TMP_MAX_AGE
 from occoord.state import Actor, TaskState
 from occoord.taskfiles import TASKS_DIR, RunTasks, TaskRecord
 
-__all__ = ["PROTOCOL_LINE", "AcceptOutcome", "Run", "Spool"]
+__all__ = ["PROTOCOL_LINE", "TMP_MAX_AGE", "AcceptOutcome", "Run", "Spool"]
 
 log = logging.getLogger(__name__)
 PROTOCOL_LINE = "occoord-spool 1"
 SETTLE_SECONDS = 2.0  # a file unchanged this long is taken as completely written
-TMP_MAX_AGE = 3600.0  # temp files older than this are a crashed writer's leftovers
 
 
 @dataclass(frozen=True)
@@ -352,39 +348,10 @@ class Spool:
 
     def recover(self) -> list[str]:
         """After a crash: undo half-built runs and interrupted rejections, clean old temp files,
-        reconcile every unfinished run."""
-        repairs: list[str] = []
-        with self.lock:
-            for name in sorted(os.listdir(self.runs)):
-                if name.startswith(".") and name.endswith(".partial"):
-                    repairs += self._undo_partial(self.runs / name)
-            rejected = self._recover_rejections(repairs)
-        now = time.time()
-        for name in os.listdir(self.tmp):
-            path = self.tmp / name
-            try:
-                if now - path.lstat().st_mtime > TMP_MAX_AGE:
-                    path.unlink()
-                    repairs.append(f"removed stale temp file tmp/{printable(name)}")
-            except (FileNotFoundError, IsADirectoryError, PermissionError):
-                continue
-        # Temp files atomic_write leaves wherever it publishes: the spool's root (PROTOCOL,
-        # server.json), rejected/ (.error), each run's directory (summaries) and its results/.
-        # tasks/ is reconcile's; incoming/ belongs to the writers.
-        repairs += self._remove_old_temps(self.root, now)
-        repairs += self._remove_old_temps(self.rejected, now, rejected)
-        for run_id in self.run_ids():
-            repairs += self._remove_old_temps(self.runs / run_id, now)
-            repairs += self._remove_old_temps(self.runs / run_id / "results", now)
-            if self.looks_finished(run_id):
-                continue  # nothing to repair: loading its plan would only cost start-up time
-            try:
-                run = self.run(run_id)
-            except SpoolError as exc:
-                log.error("cannot recover run %s: %s", run_id, exc)
-                continue
-            repairs += run.tasks.reconcile()
-        return repairs
+        reconcile every unfinished run (see ``recovery``)."""
+        from occoord.recovery import recover
+
+        return recover(self)
 
     def looks_finished(self, run_id: str) -> bool:
         """True for a finished run nobody has touched since: it has its summary and ``tasks/`` holds
@@ -397,91 +364,6 @@ class Spool:
         except FileNotFoundError:
             return False
         return all(not name.startswith(".") and name.endswith((".done", ".failed")) for name in names)
-
-    def _recover_rejections(self, repairs: list[str]) -> list[str]:
-        """Finish rejections a crash interrupted (under the spool lock); return rejected/'s names.
-
-        - killed between the link and the unlink of the move (where renameat2 is missing): the
-          manifest is in incoming/ and in rejected/ as one inode: the incoming/ name is dropped.
-        - killed between writing ``X.error`` and moving the manifest to ``X``: the manifest is still
-          in incoming/ and will be rejected again, so the orphan ``X.error`` is removed.
-        """
-        try:
-            names = os.listdir(self.rejected)
-        except FileNotFoundError:
-            return []
-        linked: dict[tuple[int, int], str] = {}
-        parts: set[str] = set()
-        for name in os.listdir(self.incoming):
-            if is_ignored_incoming(name):
-                continue
-            parts.add(rejected_part(name))
-            try:
-                info = os.lstat(self.incoming / name)
-            except FileNotFoundError:
-                continue
-            if info.st_nlink > 1:
-                linked[(info.st_dev, info.st_ino)] = name
-        present = set(names)
-        for entry in names:
-            if entry.startswith(".") or entry.endswith(".error"):
-                continue
-            if linked:
-                try:
-                    info = os.lstat(self.rejected / entry)
-                except FileNotFoundError:
-                    continue
-                name = linked.pop((info.st_dev, info.st_ino), "")
-                if name:
-                    os.unlink(self.incoming / name)
-                    parts.discard(rejected_part(name))
-                    repairs.append(
-                        f"incoming/{printable(name)} was already rejected as rejected/{printable(entry)}:"
-                        " removed it (a move interrupted by a crash)"
-                    )
-        for entry in names:
-            if not entry.endswith(".error") or entry.startswith("."):
-                continue
-            base = entry[: -len(".error")]
-            if base not in present and parse_rejected(base) & parts:
-                os.unlink(self.rejected / entry)
-                present.discard(entry)
-                repairs.append(
-                    f"removed rejected/{printable(entry)}: its manifest is still in incoming/ and will be"
-                    " rejected again (a rejection interrupted by a crash)"
-                )
-        if repairs and self.durable:
-            fsync_dir(self.rejected)
-            fsync_dir(self.incoming)
-        return sorted(present)
-
-    def _remove_old_temps(self, directory: Path, now: float, names: list[str] | None = None) -> list[str]:
-        """Remove atomic_write's temp files older than TMP_MAX_AGE from ``directory`` (one listdir)."""
-        if names is None:
-            try:
-                names = os.listdir(directory)
-            except (FileNotFoundError, NotADirectoryError):
-                return []
-        repairs = []
-        for name in names:
-            if not is_atomic_write_temp(name):
-                continue
-            path = directory / name
-            try:
-                info = path.lstat()
-                if stat.S_ISREG(info.st_mode) and now - info.st_mtime > TMP_MAX_AGE:
-                    path.unlink()
-                    repairs.append(f"removed stale temp file {printable(str(path.relative_to(self.root)))}")
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("cannot remove stale temp file %s: %s", printable(str(path)), exc.strerror)
-        return repairs
-
-    def _undo_partial(self, staging: Path) -> list[str]:
-        from occoord.accept import undo_partial
-
-        return undo_partial(self, staging)
 
 
 def _printable(name: str) -> str:
