@@ -354,18 +354,9 @@ class Coordinator:
         record = active.run.tasks.read(task)
         hook = active.run.manifest.hooks.on_task_end
         if hook and record is not None:
-            facts = {
-                "spool": str(self.spool.root),
-                "run": active.id,
-                "run_dir": str(active.run.dir),
-                "task": task,
-                "state": record.state.value,
-                "reason": record.reason,
-                "attempt": str(record.attempt),
-                "session_id": record.session_id or "",
-            }
-            from occoord.hooks import run_hook
+            from occoord.hooks import run_hook, task_facts
 
+            facts = task_facts(self.spool.root, active.run.dir, record)
             self.spawn(run_hook(hook, facts, timeout=self.config.hook_timeout))
         if active.finished():
             self.run_finished(active)
@@ -386,15 +377,9 @@ class Coordinator:
         log.info("run %s finished: %s", active.id, "ok" if summary["ok"] else "some tasks failed")
         hook = active.run.manifest.hooks.on_run_end
         if hook:
-            from occoord.hooks import run_hook
+            from occoord.hooks import run_facts, run_hook
 
-            facts = {
-                "spool": str(self.spool.root),
-                "run": active.id,
-                "run_dir": str(active.run.dir),
-                "state": "done" if summary["ok"] else "failed",
-                "summary": str(active.run.dir / "summary.json"),
-            }
+            facts = run_facts(self.spool.root, active.run.dir, ok=bool(summary["ok"]))
             self.spawn(run_hook(hook, facts, timeout=self.config.hook_timeout))
         self.finished_runs.put_nowait(active.id)
 

@@ -11,8 +11,13 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["run_hook"]
+if TYPE_CHECKING:
+    from occoord.taskfiles import TaskRecord
+
+__all__ = ["run_facts", "run_hook", "task_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +52,28 @@ async def run_hook(argv: Sequence[str], facts: Mapping[str, str], *, timeout: fl
     elif text:
         log.info("hook %s: %s", argv[0], text[-2000:])
     return proc.returncode
+
+
+def task_facts(spool_root: Path, run_dir: Path, record: TaskRecord) -> dict[str, str]:
+    """What ``on_task_end`` learns (as OCCOORD_* variables)."""
+    return {
+        "spool": str(spool_root),
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "task": record.task,
+        "state": record.state.value,
+        "reason": record.reason,
+        "attempt": str(record.attempt),
+        "session_id": record.session_id or "",
+    }
+
+
+def run_facts(spool_root: Path, run_dir: Path, *, ok: bool) -> dict[str, str]:
+    """What ``on_run_end`` learns (as OCCOORD_* variables)."""
+    return {
+        "spool": str(spool_root),
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "state": "done" if ok else "failed",
+        "summary": str(run_dir / "summary.json"),
+    }
