@@ -2,11 +2,15 @@
 
 The package is layered; each layer only imports the ones below it:
 
-- ``errors``, ``state``, ``names``, ``fsutil``, ``manifest`` -- pure data and the file-name grammar
-- ``spool`` -- the directory protocol (accepting manifests, task state files, transitions)
-- ``opencode`` -- the HTTP client, event stream, server process and simulator (knows no spool)
-- ``coordinator``, ``watcher`` -- the running job
-- ``cli`` -- the command line
+- ``errors``, ``state``, ``names``, ``fsutil``, ``manifest*``, ``journal`` -- data, the file-name
+  grammar, filesystem primitives
+- ``taskfiles``, ``reconcile``, ``spool``, ``accept``, ``recovery``, ``requeue``, ``cancel``,
+  ``status``, ``summary`` -- the directory protocol (manifests in, task state files, crash repair)
+- ``opencode`` -- the HTTP client, event stream, outcomes, permission policy, server process and
+  simulator (knows no spool)
+- ``watcher``, ``runstate``, ``attempts``, ``prompting``, ``hooks``, ``endings``, ``sessions``,
+  ``coordinator``, ``service`` -- the running job
+- ``cli``, ``cli_common``, ``cli_run``, ``plan``, ``follow`` -- the command line
 """
 
 __version__ = "0.1.0"
