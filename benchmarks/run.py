@@ -130,8 +130,10 @@ class Bench:
         sim = start_simulator()
         watcher = start_watcher(spool, workdir, sim.url, spool.parent / "watch.log")
         try:
-            time.sleep(2.0)  # start-up done
-            before = cpu_seconds(watcher.pid)
+            # Start-up done: at least 2 s, then until the CPU counter stays still for 1 s (on a busy
+            # box start-up work can spill past 2 s and would be counted as idle cost).
+            time.sleep(2.0)
+            before = _settled_cpu(watcher.pid, timeout=30.0)
             time.sleep(seconds)
             after = cpu_seconds(watcher.pid)
             rss = proc_status_kb(watcher.pid, "VmRSS") / 1024
@@ -380,6 +382,19 @@ class Bench:
     def cleanup(self) -> None:
         if not self.args.keep:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _settled_cpu(pid: int, timeout: float) -> float:
+    """The process's CPU seconds once they stop changing for a second (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds(pid)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def _finished_event(run: Path) -> dict[str, Any] | None:
