@@ -84,9 +84,9 @@ class OpenCodeClient:
             transport=transport,
             # OpenCode never redirects on these routes; a redirect means we talk to something else.
             follow_redirects=False,
-            # Enough kept-alive connections for many concurrent sessions: reconnecting per request
-            # costs more than the request itself on loopback.
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128),
+            # httpx's default pool, measured: 128 kept-alive connections cost more CPU (the pool checks
+            # each one per request) than the reconnects they save (docs/PERFORMANCE.md).
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
 
     def retarget(self, url: str) -> None:
