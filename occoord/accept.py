@@ -106,7 +106,7 @@ def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
             fsync_dir(spool.runs)
             fsync_dir(spool.incoming)
     log.info("accepted %s as run %s (%d tasks)", printable(name), run_id, len(manifest.tasks))
-    return AcceptOutcome("accepted", path, run_id=run_id)
+    return AcceptOutcome("accepted", path, run_id=run_id, manifest=manifest)
 
 
 def undo_partial(spool: Spool, staging: Path) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 from occoord.attempts import Attempt, backoff
 from occoord.errors import OccoordError, SpoolError, TransitionConflict
 from occoord.journal import Event, append_event, iso
+from occoord.manifest import Manifest
 from occoord.names import format_state
 from occoord.runstate import ActiveRun
 from occoord.spool import Spool
@@ -171,21 +172,23 @@ class Coordinator:
         self.unsettled.pop(path, None)
         self.writing.discard(path)
         if outcome.kind == "accepted" and outcome.run_id:
-            self.activate(outcome.run_id)
+            self.activate(outcome.run_id, plan=outcome.manifest)
 
-    def activate(self, run_id: str) -> ActiveRun | None:
+    def activate(self, run_id: str, plan: Manifest | None = None) -> ActiveRun | None:
+        """Load a run into the cache (``plan``: just accepted, built by us, nothing to repair)."""
         active = self.runs.get(run_id)
         if active is not None:
             return active
         if run_id in self.broken:
             return None
         try:
-            run = self.spool.run(run_id)
+            run = self.spool.run(run_id, plan)
         except SpoolError as exc:
             log.error("run %s cannot be loaded (left alone until restart): %s", run_id, exc)
             self.broken.add(run_id)
             return None
-        run.tasks.reconcile()
+        if plan is None:
+            run.tasks.reconcile()
         active = ActiveRun(run)
         if active.finished() and (run.dir / "summary.json").exists():
             self.finished.add(run_id)

@@ -73,17 +73,19 @@ class AcceptOutcome:
     path: Path
     run_id: str | None = None
     reason: str = ""
+    manifest: Manifest | None = None  # accepted: the plan just written (saves re-reading run.json)
 
 
 class Run:
     """One run directory: its plan and its task files."""
 
-    def __init__(self, spool: Spool, run_id: str) -> None:
+    def __init__(self, spool: Spool, run_id: str, plan: Manifest | None = None) -> None:
+        """``plan``: the run's manifest when the caller has just written it (skips re-validating)."""
         self.id = run_id
         self.dir = spool.runs / run_id
         try:
             meta = json.loads((self.dir / "run.json").read_bytes())
-            self.manifest: Manifest = manifest_from_plan(meta["plan"], source=f"{run_id}/run.json")
+            self.manifest: Manifest = plan or manifest_from_plan(meta["plan"], source=f"{run_id}/run.json")
         except FileNotFoundError:
             raise NotFound(str(self.dir), "no such run") from None
         except (ValueError, KeyError, ManifestError) as exc:
@@ -190,12 +192,12 @@ class Spool:
             return []
         return sorted(n for n in names if parse_run_id(n) and (self.runs / n).is_dir())
 
-    def run(self, run_id: str) -> Run:
+    def run(self, run_id: str, plan: Manifest | None = None) -> Run:
         if not parse_run_id(run_id) or not (self.runs / run_id).is_dir():
             known = self.run_ids()
             hint = f"; latest: {known[-1]}" if known else "; the spool has no runs"
             raise NotFound(str(self.runs / run_id), f"no such run{hint}")
-        return Run(self, run_id)
+        return Run(self, run_id, plan)
 
     # -- submitting and accepting ----------------------------------------------------------
 

@@ -13,7 +13,7 @@ from spoolkit import make_manifest, new_run
 from occoord.errors import SpoolError
 from occoord.journal import read_events
 from occoord.names import parse_run_id
-from occoord.spool import Spool
+from occoord.spool import Run, Spool
 from occoord.state import TaskState
 
 
@@ -291,3 +291,20 @@ def test_a_run_whose_plan_outgrows_the_manifest_limit_still_loads(spool: Spool, 
     run = spool.run(outcome.run_id)
     assert len(run.manifest.tasks) == 4000
     assert run.manifest.tasks[-1].agent == "build"
+
+
+def test_the_accepted_plan_handed_on_equals_the_one_read_back(spool: Spool, tmp_path: Path) -> None:
+    """The coordinator uses the manifest accept() returns instead of re-reading run.json: they must
+    be the same plan (prompt files inlined, defaults applied)."""
+    (tmp_path / "prompt.md").write_text("from a file\n")
+    doc = {
+        "version": 1,
+        "name": "same",
+        "defaults": {"directory": str(tmp_path), "retries": 1, "timeout": "5m"},
+        "tasks": [{"id": "a", "prompt_file": "prompt.md"}, {"id": "b", "prompt": "x", "depends_on": ["a"]}],
+    }
+    path = spool.incoming / "same.json"
+    path.write_text(json.dumps(doc))
+    outcome = spool.accept(path, settled=True)
+    assert outcome.kind == "accepted" and outcome.run_id is not None and outcome.manifest is not None
+    assert Run(spool, outcome.run_id).manifest == outcome.manifest
