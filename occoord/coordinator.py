@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,8 +157,15 @@ class Coordinator:
         elif hint.kind == "task" and hint.run_id and hint.task:
             self.task_changed(hint.run_id, hint.task)
         elif hint.kind == "run" and hint.run_id:
-            if hint.run_id in self.finished and (self.spool.runs / hint.run_id / "summary.json").exists():
-                return  # e.g. a cancel request for a finished run: nothing to do, and loading costs
+            run_dir = self.spool.runs / hint.run_id
+            if hint.run_id in self.finished and (run_dir / "summary.json").exists():
+                # A cancel request for a finished run has nothing to cancel: consume it, so it
+                # cannot strike later if the run is requeued.
+                for name in os.listdir(run_dir):
+                    if name == "cancel" or name.startswith("cancel."):
+                        (run_dir / name).unlink(missing_ok=True)
+                        log.info("run %s is finished: ignored the request %s", hint.run_id, name)
+                return
             active = self.activate(hint.run_id)
             if active is not None:
                 self.driver.check_cancel(active)

@@ -374,3 +374,12 @@ def test_a_run_requeued_while_no_watcher_runs_resumes_at_start(
         assert summary(run_dir)["ok"] is False, "the run finished again, with a fresh summary"
     finally:
         assert second.stop() == 0
+
+
+def test_a_cancel_request_for_a_finished_run_is_consumed(spool: Path, watcher: Proc) -> None:
+    drop(spool, "done.json", manifest(task("x", "[sim: work 0.05]")))
+    run_dir = the_run(spool)
+    assert summary(run_dir)["ok"] is True
+    (run_dir / "cancel").touch()
+    wait_for(lambda: not (run_dir / "cancel").exists(), timeout=15)
+    assert states(run_dir) == {"x": "done"}, "nothing to cancel: the outcome stands"
