@@ -24,6 +24,9 @@ LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 STATES = ("queued", "pending", "done", "failed")
 
 
+LIVE: list[Proc] = []  # every Proc started; tests/conftest.py stops leftovers after each test
+
+
 class Proc:
     """A child process in its own process group, with its output kept in a log file."""
 
@@ -37,6 +40,7 @@ class Proc:
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
+        LIVE.append(self)
 
     @property
     def pid(self) -> int:
@@ -95,7 +99,11 @@ def start_watcher(
         "-v", "watch", "--spool", str(spool), "--workdir", str(workdir), *FAST, *backend, *extra
     )
     proc = Proc(argv, spool.parent / f"{name}.log")
-    wait_for(lambda: ready in proc.output() or proc.popen.poll() is not None, timeout=30)
+    try:
+        wait_for(lambda: ready in proc.output() or proc.popen.poll() is not None, timeout=30)
+    except AssertionError:
+        proc.stop()  # never leave a process behind
+        raise
     if proc.popen.poll() is not None:
         raise AssertionError(f"occoord watch exited:\n{proc.output()}")
     return proc

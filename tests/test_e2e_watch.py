@@ -267,13 +267,15 @@ def test_kill_9_mid_run_resumes_without_duplicate_sessions(
 
 def test_second_watcher_is_a_standby_and_takes_over(spool: Path, simulator: str, workdir: Path) -> None:
     first = start_watcher(spool, workdir, server=simulator, name="first")
-    second = start_watcher(spool, workdir, server=simulator, name="second", ready="standby")
     try:
-        first.kill9()
-        drop(spool, "later.json", manifest(task("x", "[sim: work 0.05]")))
-        assert summary(the_run(spool))["ok"] is True
+        second = start_watcher(spool, workdir, server=simulator, name="second", ready="standby")
+        try:
+            first.kill9()
+            drop(spool, "later.json", manifest(task("x", "[sim: work 0.05]")))
+            assert summary(the_run(spool))["ok"] is True
+        finally:
+            second.stop()
     finally:
-        second.stop()
         first.stop()
 
 
