@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -80,20 +81,40 @@ class Run:
     """One run directory: its plan and its task files."""
 
     def __init__(self, spool: Spool, run_id: str, plan: Manifest | None = None) -> None:
-        """``plan``: the run's manifest when the caller has just written it (skips re-validating)."""
+        """``plan``: the run's manifest when the caller has just written it: run.json is then not
+        read again (it can be megabytes) until ``accepted_at`` is asked for."""
         self.id = run_id
         self.dir = spool.runs / run_id
-        try:
-            meta = json.loads((self.dir / "run.json").read_bytes())
-            self.manifest: Manifest = plan or manifest_from_plan(meta["plan"], source=f"{run_id}/run.json")
-        except FileNotFoundError:
-            raise NotFound(str(self.dir), "no such run") from None
-        except (ValueError, KeyError, ManifestError) as exc:
-            raise SpoolError(str(self.dir / "run.json"), f"unreadable run plan: {exc}") from exc
-        self.accepted_at: str = str(meta.get("accepted_at", ""))
+        self._accepted_at: str | None = None
+        if plan is not None:
+            self.manifest: Manifest = plan
+        else:
+            meta = self._meta()
+            try:
+                self.manifest = manifest_from_plan(meta["plan"], source=f"{run_id}/run.json")
+            except (KeyError, ManifestError) as exc:
+                raise SpoolError(str(self.dir / "run.json"), f"unreadable run plan: {exc}") from exc
+            self._accepted_at = str(meta.get("accepted_at", ""))
         self.tasks = RunTasks(
             self.dir, [t.id for t in self.manifest.tasks], durable=spool.durable, clock=spool.clock
         )
+
+    def _meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads((self.dir / "run.json").read_bytes())
+        except FileNotFoundError:
+            raise NotFound(str(self.dir), "no such run") from None
+        except ValueError as exc:
+            raise SpoolError(str(self.dir / "run.json"), f"unreadable run plan: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise SpoolError(str(self.dir / "run.json"), "unreadable run plan: not a JSON object")
+        return meta
+
+    @property
+    def accepted_at(self) -> str:
+        if self._accepted_at is None:
+            self._accepted_at = str(self._meta().get("accepted_at", ""))
+        return self._accepted_at
 
     @property
     def results_dir(self) -> Path:
@@ -366,10 +387,6 @@ class Spool:
         except FileNotFoundError:
             return False
         return all(not name.startswith(".") and name.endswith((".done", ".failed")) for name in names)
-
-
-def _printable(name: str) -> str:
-    return printable(name)
 
 
 def _make_private(path: Path) -> None:

@@ -177,14 +177,11 @@ def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
 
 
-class FlakySseServer:
-    """Serves /global/event. Connection 1 sends two events and dies mid-event; later connections
-    send the rest and stay open. ``fail_first`` makes the very first request a 401 instead."""
+class _SseServer:
+    """A tiny real SSE server on 127.0.0.1 serving /global/event with ``_events``."""
 
-    def __init__(self, *, fail_first: bool = False) -> None:
-        self.fail_first = fail_first
+    def __init__(self) -> None:
         self.connections = 0
-        self.open_streams = 0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> str:
@@ -200,6 +197,19 @@ class FlakySseServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class FlakySseServer(_SseServer):
+    """Serves /global/event. Connection 1 sends two events and dies mid-event; later connections
+    send the rest and stay open. ``fail_first`` makes the very first request a 401 instead."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        super().__init__()
+        self.fail_first = fail_first
+        self.open_streams = 0
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         self.connections += 1
@@ -352,27 +362,9 @@ def test_stream_keeps_trying_while_nothing_listens() -> None:
     assert alive and count == 0
 
 
-class SilentSseServer:
+class SilentSseServer(_SseServer):
     """First connection: ``server.connected``, then silence with the socket open (a hung server).
     Later connections send an idle event."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/global/event", self._events)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         self.connections += 1
