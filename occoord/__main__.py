@@ -1,6 +1,6 @@
 """Allow ``python -m occoord``."""
 
-from occoord.cli import main
+from occoord.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install occoord with its test tools (and the pinned real OpenCode server) and run every check:
-# ruff format, ruff lint, mypy, pytest. Extra arguments go to pytest.
+# ruff format, ruff lint, mypy, the import contracts, pytest. Extra arguments go to pytest.
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
@@ -28,6 +28,10 @@ stage_end
 
 stage_start "mypy"
 "$VENV/bin/mypy" occoord
+stage_end
+
+stage_start "lint-imports (layers and forbidden imports: pyproject.toml)"
+"$VENV/bin/lint-imports"
 stage_end
 
 stage_start "pytest"

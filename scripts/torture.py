@@ -45,7 +45,7 @@ import httpx
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 READY = "occoord: watching"
 STATES = ("queued", "pending", "done", "failed")
-TMP_MAX_AGE = 3600.0  # occoord.spool.TMP_MAX_AGE: the cleanup age of stray temp files
+TMP_MAX_AGE = 3600.0  # occoord.spool.layout.TMP_MAX_AGE: the cleanup age of stray temp files
 WATCH_OPTIONS = (
     "--settle-seconds", "0.3", "--rescan-interval", "2", "--retry-base", "0.1",
     "--start-timeout", "10", "--idle-timeout", "30", "--task-timeout", "120", "--max-sessions", "8",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from e2ekit import LIVE
 
-from occoord.spool import Spool
+from occoord.spool.layout import Spool
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from occoord.spool import Run, Spool
+from occoord.spool.accept import accept_file
+from occoord.spool.layout import Run, Spool
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -30,7 +31,7 @@ def make_manifest(task_ids: list[str], **extra: Any) -> bytes:
 def new_run(spool: Spool, task_ids: list[str], name: str = "plan") -> Run:
     path = spool.incoming / f"{name}.json"
     path.write_bytes(make_manifest(task_ids))
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted", outcome
     assert outcome.run_id is not None
     return spool.run(outcome.run_id)

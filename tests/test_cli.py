@@ -1,6 +1,6 @@
 """The command line: exit codes, messages, ``--spool``/OCCOORD_SPOOL, and what each command changes.
 
-Most tests run the real entry point (``occoord.cli:main``, what the ``occoord`` script calls) in
+Most tests run the real entry point (``occoord.cli.main:main``, what the ``occoord`` script calls) in
 process under click's CliRunner isolation; a few run ``python -m occoord`` as a subprocess, the
 way users and scripts do. Exit codes: 0 success, 1 operational error, 2 bad input.
 """
@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from spoolkit import make_manifest, new_run
 from test_manifest_corpus import BAD, GOOD, BadCase, bad_cases, bad_params, materialize
 
-from occoord.cli import cli, main
-from occoord.journal import read_events
-from occoord.manifest_schema import manifest_schema
-from occoord.spool import Run, Spool
-from occoord.state import Actor, TaskState
+from occoord.cli.main import cli, main
+from occoord.manifest.schema import manifest_schema
+from occoord.spool.journal import read_events
+from occoord.spool.layout import Run, Spool
+from occoord.spool.states import Actor, TaskState
 
 SPOOL_COMMANDS = ("init", "submit", "accept", "signal", "status")
 # bad manifests that once crashed the parser (TypeError, ValueError, OverflowError): a traceback

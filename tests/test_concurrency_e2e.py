@@ -32,9 +32,10 @@ from e2ekit import (
 )
 from spoolkit import new_run, wait_for
 
-from occoord import taskfiles
-from occoord.spool import Spool
-from occoord.state import TaskState
+from occoord.spool import tasks as taskfiles
+from occoord.spool.layout import Spool
+from occoord.spool.states import TaskState
+from occoord.spool.submit import submit
 
 pytestmark = pytest.mark.slow
 
@@ -284,7 +285,7 @@ def test_occoord_submit_into_a_watched_spool_is_taken_at_once(
     try:
         source = tmp_path / "plan.json"
         source.write_text(json.dumps(manifest({"id": "a", "prompt": "[sim: work 0.05]"})))
-        Spool(spool_dir).submit(source)  # exactly what `occoord submit` does
+        submit(Spool(spool_dir), source)  # exactly what `occoord submit` does
         wait_for(lambda: list((spool_dir / "runs").glob("2*")), timeout=8)
     finally:
         assert watcher.stop() == 0

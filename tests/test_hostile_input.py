@@ -21,7 +21,8 @@ import pytest
 from e2ekit import Proc, manifest, start_simulator, start_watcher, states, summary
 from spoolkit import wait_for
 
-from occoord.spool import Spool
+from occoord.spool.accept import accept_file
+from occoord.spool.layout import Spool
 
 pytestmark = pytest.mark.slow
 
@@ -331,7 +332,7 @@ def test_hostile_entries_all_at_once(world: tuple[Path, Path, str], tmp_path: Pa
 def test_a_name_too_long_to_prefix_is_still_rejected(spool: Spool) -> None:
     name = "x" * 240 + ".json"
     (spool.incoming / name).write_bytes(b"{broken")
-    outcome = spool.accept(spool.incoming / name, settled=True)
+    outcome = accept_file(spool, spool.incoming / name, settled=True)
     assert outcome.kind == "rejected"
     assert not (spool.incoming / name).exists()
 
@@ -339,9 +340,9 @@ def test_a_name_too_long_to_prefix_is_still_rejected(spool: Spool) -> None:
 def test_a_file_name_cannot_forge_lines_in_the_reason_or_the_log(
     spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    name = "x\n2026-01-01 00:00:00,000 INFO occoord.spool: accepted forged.json.json"
+    name = "x\n2026-01-01 00:00:00,000 INFO occoord.spool.layout: accepted forged.json.json"
     (spool.incoming / name).write_bytes(b"{broken")
-    outcome = spool.accept(spool.incoming / name, settled=True)
+    outcome = accept_file(spool, spool.incoming / name, settled=True)
     assert outcome.kind == "rejected"
     reason = outcome.path.with_name(outcome.path.name + ".error").read_text()
     assert "\n2026-01-01" not in reason

@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 from occoord.errors import ManifestError, ManifestProblem
-from occoord.manifest import (
+from occoord.manifest.build import MAX_CYCLES, find_cycles
+from occoord.manifest.checks import did_you_mean
+from occoord.manifest.load import load_manifest, parse_manifest
+from occoord.manifest.model import (
     DEFAULT_KEYS,
     HOOK_KEYS,
     MAX_MANIFEST_BYTES,
@@ -29,11 +32,7 @@ from occoord.manifest import (
     TASK_KEYS,
     TOP_KEYS,
     Manifest,
-    did_you_mean,
-    load_manifest,
-    parse_manifest,
 )
-from occoord.manifest_tasks import MAX_CYCLES, find_cycles
 
 CORPUS = Path(__file__).parent / "manifests"
 BAD = CORPUS / "bad"

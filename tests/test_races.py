@@ -12,10 +12,11 @@ from filelock import FileLock
 from spoolkit import make_manifest, new_run
 
 from occoord.errors import TransitionConflict
-from occoord.journal import last_states
-from occoord.names import parse_state
-from occoord.spool import Spool
-from occoord.state import Actor, TaskState
+from occoord.spool.accept import accept_file
+from occoord.spool.journal import last_states
+from occoord.spool.layout import Spool
+from occoord.spool.names import parse_state
+from occoord.spool.states import Actor, TaskState
 
 CTX = mp.get_context("spawn")  # no inherited locks or threads: each racer is a fresh process
 TARGETS = [TaskState.DONE, TaskState.FAILED, TaskState.QUEUED]
@@ -109,7 +110,7 @@ def test_shell_flock_waits_for_our_lock(spool: Spool) -> None:
 def _accepter(spool_dir: str, name: str, barrier: object, out: object) -> None:
     spool = Spool(Path(spool_dir), durable=False)
     barrier.wait()  # type: ignore[attr-defined]
-    outcome = spool.accept(spool.incoming / name, settled=True)
+    outcome = accept_file(spool, spool.incoming / name, settled=True)
     out.put(outcome.kind)  # type: ignore[attr-defined]
 
 

@@ -26,9 +26,10 @@ import pytest
 from e2ekit import FAST, Proc, manifest, occoord_argv, summary
 from spoolkit import wait_for
 
-from occoord.cli import main as occoord_main
+from occoord.cli.main import main as occoord_main
 from occoord.opencode.server import OpenCodeServer
-from occoord.spool import Spool
+from occoord.spool.accept import accept_file
+from occoord.spool.layout import Spool
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ with open({record!r}, "a") as fh:
     fh.write(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid()}}) + "\\n")
 args = sys.argv[1:]
 host, port = args[args.index("--hostname") + 1], args[args.index("--port") + 1]
-code = "import sys; from occoord.opencode.simulator import main; main(int(sys.argv[2]), sys.argv[1])"
+code = "import sys; from occoord.sim.simulator import main; main(int(sys.argv[2]), sys.argv[1])"
 os.execv(sys.executable, [sys.executable, "-c", code, host, port])
 """
 
@@ -306,7 +307,7 @@ def test_ids_and_paths_given_to_the_cli_never_escape_the_spool(tmp_path: Path) -
     spool = Spool(tmp_path / "spool").init()
     path = spool.incoming / "plan.json"
     path.write_text(json.dumps(manifest({"id": "a", "prompt": "x"})))
-    run_id = spool.accept(path, settled=True).run_id
+    run_id = accept_file(spool, path, settled=True).run_id
     assert run_id is not None
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     s = str(spool.root)

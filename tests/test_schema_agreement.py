@@ -21,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 from test_manifest_corpus import BadCase, bad_cases, case_param, decode, good_paths, materialize
 
-from occoord.cli import cli
+from occoord.cli.main import cli
 from occoord.errors import ManifestError
-from occoord.manifest import DEFAULT_KEYS, HOOK_KEYS, TASK_KEYS, TOP_KEYS, load_manifest, parse_manifest
-from occoord.manifest_schema import manifest_schema
-from occoord.names import ID_PATTERN, is_valid_id
+from occoord.manifest.load import load_manifest, parse_manifest
+from occoord.manifest.model import DEFAULT_KEYS, HOOK_KEYS, ID_PATTERN, TASK_KEYS, TOP_KEYS, is_valid_id
+from occoord.manifest.schema import manifest_schema
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -11,10 +11,14 @@ import pytest
 from spoolkit import make_manifest, new_run
 
 from occoord.errors import SpoolError
-from occoord.journal import read_events
-from occoord.names import parse_run_id
-from occoord.spool import Run, Spool
-from occoord.state import TaskState
+from occoord.manifest.load import load_manifest
+from occoord.spool.accept import accept_file, build_run
+from occoord.spool.journal import read_events
+from occoord.spool.layout import Run, Spool
+from occoord.spool.names import parse_run_id
+from occoord.spool.recovery import recover
+from occoord.spool.states import TaskState
+from occoord.spool.submit import submit
 
 
 def test_layout_is_private_and_versioned(spool: Spool) -> None:
@@ -51,7 +55,7 @@ def test_tmp_on_another_filesystem_is_refused(tmp_path: Path) -> None:
 def test_accept_moves_the_manifest_and_queues_every_task(spool: Spool) -> None:
     path = spool.incoming / "build plan.json"
     path.write_bytes(make_manifest(["a", "b"]))
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted" and outcome.run_id
     assert parse_run_id(outcome.run_id) is not None
     assert outcome.run_id.endswith("-build_plan")
@@ -70,7 +74,7 @@ def test_same_name_same_second_gets_a_suffix(spool: Spool) -> None:
     for _ in range(3):
         path = spool.incoming / "x.yaml"
         path.write_text("tasks:\n  - id: a\n    prompt: hi\n")
-        ids.append(spool.accept(path, settled=True).run_id)
+        ids.append(accept_file(spool, path, settled=True).run_id)
     assert len(set(ids)) == 3
     assert ids == sorted(ids) or len({i.rsplit("-", 1)[0] for i in ids}) <= 3
 
@@ -78,16 +82,16 @@ def test_same_name_same_second_gets_a_suffix(spool: Spool) -> None:
 def test_unsettled_files_are_left_for_later_even_if_invalid(spool: Spool) -> None:
     path = spool.incoming / "half.json"
     path.write_bytes(make_manifest(["a"])[:15])  # a cp caught mid-copy
-    assert spool.accept(path, settled=False).kind == "not_ready"
+    assert accept_file(spool, path, settled=False).kind == "not_ready"
     assert path.exists() and os.listdir(spool.rejected) == []
     path.write_bytes(make_manifest(["a"]))  # the copy finishes
-    assert spool.accept(path, settled=True).kind == "accepted"
+    assert accept_file(spool, path, settled=True).kind == "accepted"
 
 
 def test_invalid_manifest_is_rejected_with_its_reason_beside_it(spool: Spool) -> None:
     path = spool.incoming / "bad.json"
     path.write_bytes(b'{"tasks": [{"id": "a", "prompt": "x", "depends_on": ["lint"]}]}')
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "rejected"
     assert outcome.path.read_bytes().startswith(b'{"tasks"')
     error = outcome.path.with_name(outcome.path.name + ".error").read_text()
@@ -97,14 +101,14 @@ def test_invalid_manifest_is_rejected_with_its_reason_beside_it(spool: Spool) ->
 @pytest.mark.parametrize("name", ["a.txt", "noext"])
 def test_unsupported_extensions_are_rejected(spool: Spool, name: str) -> None:
     (spool.incoming / name).write_bytes(make_manifest(["a"]))
-    outcome = spool.accept(spool.incoming / name, settled=True)
+    outcome = accept_file(spool, spool.incoming / name, settled=True)
     assert outcome.kind == "rejected" and "unsupported extension" in outcome.reason
 
 
 @pytest.mark.parametrize("name", [".hidden.json", "x.json.tmp", "x.json~", "x.swp", "x.json.part"])
 def test_writers_temporary_names_are_ignored(spool: Spool, name: str) -> None:
     (spool.incoming / name).write_bytes(make_manifest(["a"]))
-    assert spool.accept(spool.incoming / name, settled=True).kind == "ignored"
+    assert accept_file(spool, spool.incoming / name, settled=True).kind == "ignored"
     assert spool.incoming_files() == []
 
 
@@ -114,7 +118,7 @@ def test_symlinks_are_rejected_without_following_them(spool: Spool, tmp_path: Pa
     (spool.incoming / "link.json").symlink_to(outside)
     (spool.incoming / "zero.json").symlink_to("/dev/zero")
     for name in ("link.json", "zero.json"):
-        outcome = spool.accept(spool.incoming / name, settled=True)
+        outcome = accept_file(spool, spool.incoming / name, settled=True)
         assert outcome.kind == "rejected" and "symbolic link" in outcome.reason
         assert outcome.path.is_symlink()
     assert outside.exists()
@@ -124,7 +128,7 @@ def test_fifos_and_directories_are_left_alone(spool: Spool) -> None:
     os.mkfifo(spool.incoming / "pipe.json")
     (spool.incoming / "dir.json").mkdir()
     for name in ("pipe.json", "dir.json"):
-        assert spool.accept(spool.incoming / name, settled=True).kind == "ignored"
+        assert accept_file(spool, spool.incoming / name, settled=True).kind == "ignored"
         assert os.path.lexists(spool.incoming / name)
 
 
@@ -133,21 +137,21 @@ def test_non_utf8_file_names_are_handled(spool: Spool) -> None:
     with open(raw, "wb") as fh:
         fh.write(make_manifest(["a"]))
     [path] = spool.incoming_files()
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted" and outcome.run_id and outcome.run_id.endswith("-caf_")
 
 
 def test_oversize_manifest_is_rejected(spool: Spool) -> None:
     path = spool.incoming / "big.json"
     path.write_bytes(b" " * (2 << 20))
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "rejected" and "over the limit" in outcome.reason
 
 
 def test_submit_goes_through_tmp_and_never_clobbers(spool: Spool, tmp_path: Path) -> None:
     src = tmp_path / "plan.json"
     src.write_bytes(make_manifest(["a"]))
-    first, second = spool.submit(src), spool.submit(src)
+    first, second = submit(spool, src), submit(spool, src)
     assert first.name == "plan.json" and second.name == "plan-2.json"
     assert os.listdir(spool.tmp) == []
 
@@ -156,23 +160,24 @@ def test_crash_after_claiming_the_manifest_returns_it_to_incoming(spool: Spool) 
     path = spool.incoming / "plan.json"
     path.write_bytes(make_manifest(["a", "b"]))
     run_id = spool.new_run_id("plan")
-    staging = spool.build_run(
-        run_id, __import__("occoord.manifest").manifest.load_manifest(path), "plan.json"
-    )
+    staging = build_run(spool, run_id, load_manifest(path), "plan.json")
     os.rename(path, staging / "manifest.json")  # ... and the process died here
-    repairs = spool.recover()
+    repairs = recover(spool)
     assert any("returned plan.json" in r for r in repairs)
     assert os.listdir(spool.runs) == [] and (spool.incoming / "plan.json").exists()
-    assert spool.accept(spool.incoming / "plan.json", settled=True).kind == "accepted"
+    assert accept_file(spool, spool.incoming / "plan.json", settled=True).kind == "accepted"
 
 
 def test_crash_before_claiming_removes_the_staging_dir(spool: Spool) -> None:
     path = spool.incoming / "plan.json"
     path.write_bytes(make_manifest(["a"]))
-    spool.build_run(
-        spool.new_run_id("plan"), __import__("occoord.manifest").manifest.load_manifest(path), "plan.json"
+    build_run(
+        spool,
+        spool.new_run_id("plan"),
+        load_manifest(path),
+        "plan.json",
     )
-    spool.recover()
+    recover(spool)
     assert os.listdir(spool.runs) == [] and path.exists()
 
 
@@ -181,7 +186,7 @@ def test_recover_cleans_only_old_temp_files(spool: Spool) -> None:
     old.write_text("x")
     new.write_text("y")
     os.utime(old, (1, 1))
-    spool.recover()
+    recover(spool)
     assert not old.exists() and new.exists()
 
 
@@ -200,8 +205,8 @@ def test_moved_manifests_become_private(spool: Spool) -> None:
     bad.write_bytes(b"{broken")
     for path in (good, bad):
         path.chmod(0o644)  # the author's mode
-    accepted = spool.accept(good, settled=True)
-    rejected = spool.accept(bad, settled=True)
+    accepted = accept_file(spool, good, settled=True)
+    rejected = accept_file(spool, bad, settled=True)
     assert accepted.kind == "accepted" and rejected.kind == "rejected"
     assert accepted.run_id is not None
     assert stat.S_IMODE((spool.runs / accepted.run_id / "manifest.json").stat().st_mode) == 0o600
@@ -217,13 +222,13 @@ def test_without_renameat2_moves_fall_back_and_submit_still_renames(
     assert not fsutil.rename_noreplace(spool.tmp / "a", spool.tmp / "b")
     src = tmp_path / "plan.json"
     src.write_bytes(make_manifest(["a"]))
-    first, second = spool.submit(src), spool.submit(src)
+    first, second = submit(spool, src), submit(spool, src)
     assert first.name == "plan.json" and second.name == "plan-2.json"
     assert os.stat(first).st_nlink == 1  # renamed in, not linked: a watcher sees a moved-to
     assert os.listdir(spool.tmp) == []
-    assert spool.accept(first, settled=True).kind == "accepted"
+    assert accept_file(spool, first, settled=True).kind == "accepted"
     (spool.incoming / "bad.json").write_bytes(b"{broken")
-    assert spool.accept(spool.incoming / "bad.json", settled=True).kind == "rejected"
+    assert accept_file(spool, spool.incoming / "bad.json", settled=True).kind == "rejected"
     other = spool.incoming / "other.json"
     other.write_text("x")
     with pytest.raises(FileExistsError):
@@ -253,10 +258,10 @@ def test_a_reason_left_without_its_manifest_by_a_crash_is_removed(spool: Spool) 
     (spool.rejected / "20260101T000000Z-bad.json.error").write_text("bad.json was rejected at ...")
     # A reason whose manifest someone else removed, for a name not in incoming/, is left alone.
     (spool.rejected / "20260101T000000Z-other.json.error").write_text("other.json was rejected ...")
-    repairs = spool.recover()
+    repairs = recover(spool)
     assert any("20260101T000000Z-bad.json.error" in r for r in repairs)
     assert sorted(os.listdir(spool.rejected)) == ["20260101T000000Z-other.json.error"]
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "rejected"
     assert outcome.path.with_name(outcome.path.name + ".error").exists()
 
@@ -264,7 +269,7 @@ def test_a_reason_left_without_its_manifest_by_a_crash_is_removed(spool: Spool) 
 def test_a_long_rejected_name_keeps_its_extension_and_the_reason_names_it(spool: Spool) -> None:
     name = "é" * 120 + ".yaml"  # 245 bytes
     (spool.incoming / name).write_bytes(b"tasks: [")
-    outcome = spool.accept(spool.incoming / name, settled=True)
+    outcome = accept_file(spool, spool.incoming / name, settled=True)
     assert outcome.kind == "rejected"
     assert outcome.path.name.endswith(".yaml") and len(os.fsencode(outcome.path.name)) < 240
     error = outcome.path.with_name(outcome.path.name + ".error").read_text()
@@ -285,7 +290,7 @@ def test_a_run_whose_plan_outgrows_the_manifest_limit_still_loads(spool: Spool, 
     assert len(data) < 1024 * 1024
     path = spool.incoming / "big.json"
     path.write_bytes(data)
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted" and outcome.run_id is not None, outcome
     assert (spool.runs / outcome.run_id / "run.json").stat().st_size > 1024 * 1024
     run = spool.run(outcome.run_id)
@@ -305,6 +310,6 @@ def test_the_accepted_plan_handed_on_equals_the_one_read_back(spool: Spool, tmp_
     }
     path = spool.incoming / "same.json"
     path.write_text(json.dumps(doc))
-    outcome = spool.accept(path, settled=True)
+    outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted" and outcome.run_id is not None and outcome.manifest is not None
     assert Run(spool, outcome.run_id).manifest == outcome.manifest

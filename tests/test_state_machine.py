@@ -22,11 +22,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from spoolkit import new_run
 
 from occoord.errors import IllegalTransition
-from occoord.journal import last_states
-from occoord.names import format_claim, parse_claim, parse_state
-from occoord.spool import Spool
-from occoord.state import TRANSITIONS, Actor, TaskState
-from occoord.taskfiles import TaskRecord
+from occoord.spool.journal import last_states
+from occoord.spool.layout import Spool
+from occoord.spool.names import format_claim, parse_claim, parse_state
+from occoord.spool.records import TaskRecord
+from occoord.spool.states import TRANSITIONS, Actor, TaskState
 
 TASKS = ["a", "b", "c"]
 STATES = list(TaskState)

@@ -14,7 +14,9 @@ from types import ModuleType
 import pytest
 from spoolkit import new_run
 
-from occoord.spool import TMP_MAX_AGE, Spool
+from occoord.spool.accept import accept_file, build_run
+from occoord.spool.layout import Spool
+from occoord.spool.recovery import TMP_MAX_AGE, recover
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +56,7 @@ def test_recovery_removes_old_temp_files_wherever_atomic_write_leaves_them(spool
         os.utime(path, (old, old))
     young = run.results_dir / ".a.md.12345678.tmp"
     young.write_text("maybe still being written")
-    spool.recover()
+    recover(spool)
     assert young.exists(), "only files older than the cleanup age go"
     assert [p for p in leftovers if p.exists()] == []
 
@@ -65,17 +67,17 @@ def test_recovery_removes_old_temp_files_wherever_atomic_write_leaves_them(spool
 
 
 def accept_all(spool: Spool) -> list[str]:
-    return [spool.accept(path, settled=True).kind for path in spool.incoming_files()]
+    return [accept_file(spool, path, settled=True).kind for path in spool.incoming_files()]
 
 
 def test_kill_between_link_and_unlink_of_the_accept_claim_makes_one_run(spool: Spool) -> None:
-    from occoord.manifest import load_manifest
+    from occoord.manifest.load import load_manifest
 
     path = spool.incoming / "plan.json"
     path.write_text('{"version": 1, "tasks": [{"id": "a", "prompt": "x"}]}')
-    staging = spool.build_run(spool.new_run_id("plan"), load_manifest(path), "plan.json")
+    staging = build_run(spool, spool.new_run_id("plan"), load_manifest(path), "plan.json")
     os.link(path, staging / "manifest.json")  # ... and SIGKILL before the os.unlink(path)
-    spool.recover()
+    recover(spool)
     assert accept_all(spool) == ["accepted"]
     assert len(spool.run_ids()) == 1
 
@@ -83,23 +85,23 @@ def test_kill_between_link_and_unlink_of_the_accept_claim_makes_one_run(spool: S
 def test_kill_between_link_and_unlink_of_a_rejection_makes_one_rejection(spool: Spool) -> None:
     path = spool.incoming / "bad.json"
     path.write_text("{not json")
-    assert spool.accept(path, settled=True).kind == "rejected"
+    assert accept_file(spool, path, settled=True).kind == "rejected"
     [rejected] = [p for p in spool.rejected.iterdir() if not p.name.endswith(".error")]
     os.link(rejected, path)  # the state a kill between link and unlink leaves
-    spool.recover()
+    recover(spool)
     accept_all(spool)
     assert len([p for p in spool.rejected.iterdir() if not p.name.endswith(".error")]) == 1
 
 
 def test_dispatch_killed_before_its_record_was_written_reuses_no_attempt(spool: Spool) -> None:
-    from occoord.state import TaskState
+    from occoord.spool.states import TaskState
 
     run = new_run(spool, ["a"])
     run.tasks.transition("a", TaskState.QUEUED, TaskState.PENDING, attempt=1, session_id="ses_1")
     run.tasks.transition("a", TaskState.PENDING, TaskState.QUEUED, reason="retry 1", details={"failures": 1})
     # The coordinator dispatches attempt 2 and is killed right after claiming (before the write).
     os.rename(run.tasks.path("a", TaskState.QUEUED), run.tasks.dir / ".a.pending.claim")
-    spool.recover()
+    recover(spool)
     record = run.tasks.read("a")
     assert record is not None
     rolled_back = record.state is TaskState.QUEUED and record.attempt == 1

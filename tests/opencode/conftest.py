@@ -87,7 +87,7 @@ def sim_password() -> str:
 
 @pytest.fixture
 def simulator(sim_password: str) -> Iterator[Any]:
-    from occoord.opencode.simulator import Simulator  # written in parallel; import only when used
+    from occoord.sim.simulator import Simulator  # written in parallel; import only when used
 
     sim = Simulator(password=sim_password)
     sim.start()

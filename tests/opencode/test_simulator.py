@@ -23,7 +23,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from occoord.opencode.simulator import Simulator
+from occoord.sim.simulator import Simulator
 
 A = "/sim/project-a"
 B = "/sim/project-b"
@@ -506,7 +506,7 @@ def test_start_stop_in_a_thread_leaves_no_thread() -> None:
 
 
 def test_main_announces_itself_like_the_real_server() -> None:
-    code = "from occoord.opencode.simulator import main; main(0)"
+    code = "from occoord.sim.simulator import main; main(0)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCODE_SERVER_")}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:

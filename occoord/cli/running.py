@@ -1,0 +1,373 @@
+"""The commands that run things: ``watch``, ``run``, ``cancel``, ``retry`` and ``simulate``.
+
+Every option has an ``OCCOORD_*`` environment mirror, so a systemd unit can configure
+``occoord watch`` from an environment file alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal as signals
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from occoord.cli.common import open_spool, spool_option
+from occoord.engine.loop import CoordinatorConfig
+from occoord.errors import TransitionConflict
+from occoord.spool.accept import accept_file
+from occoord.spool.layout import Run, Spool
+from occoord.spool.states import Actor, TaskState
+from occoord.spool.submit import submit
+
+__all__ = ["cancel", "retry", "run", "simulate", "watch"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_SECONDS = click.FloatRange(min=0.001)
+
+_COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
+    # (option, env, type, default, help)
+    ("--server", "OCCOORD_SERVER", str, None, "Attach to a running OpenCode server at this URL."),
+    (
+        "--server-password",
+        "OCCOORD_SERVER_PASSWORD",
+        str,
+        None,
+        "Basic-auth password of --server (default: $OPENCODE_SERVER_PASSWORD).",
+    ),
+    (
+        "--opencode-bin",
+        "OCCOORD_OPENCODE_BIN",
+        str,
+        None,
+        "The opencode binary to spawn (default: `opencode` on PATH).",
+    ),
+    (
+        "--server-log",
+        "OCCOORD_SERVER_LOG",
+        click.Path(dir_okay=False, path_type=Path),
+        None,
+        "Where the spawned server's output goes (default: SPOOL/opencode.log).",
+    ),
+    (
+        "--workdir",
+        "OCCOORD_WORKDIR",
+        click.Path(file_okay=False, exists=True, path_type=Path),
+        None,
+        "Directory for tasks whose manifest names none (default: the current directory).",
+    ),
+    (
+        "--max-sessions",
+        "OCCOORD_MAX_SESSIONS",
+        click.IntRange(min=1),
+        8,
+        "At most this many sessions at once, over all runs.",
+    ),
+    (
+        "--start-timeout",
+        "OCCOORD_START_TIMEOUT",
+        _SECONDS,
+        120.0,
+        "Seconds a prompt may take to start a turn before the attempt is retried.",
+    ),
+    (
+        "--idle-timeout",
+        "OCCOORD_IDLE_TIMEOUT",
+        _SECONDS,
+        900.0,
+        "Seconds a busy session may show no activity before it is aborted and retried.",
+    ),
+    (
+        "--task-timeout",
+        "OCCOORD_TASK_TIMEOUT",
+        _SECONDS,
+        3600.0,
+        "Wall-clock seconds per attempt, unless the manifest sets a task timeout.",
+    ),
+    (
+        "--retry-base",
+        "OCCOORD_RETRY_BASE",
+        click.FloatRange(min=0),
+        5.0,
+        "Backoff before the first retry, doubling each time.",
+    ),
+    (
+        "--rescan-interval",
+        "OCCOORD_RESCAN_INTERVAL",
+        _SECONDS,
+        30.0,
+        "Seconds between safety rescans of the spool (watchdog events can be lost).",
+    ),
+    (
+        "--settle-seconds",
+        "OCCOORD_SETTLE_SECONDS",
+        click.FloatRange(min=0),
+        2.0,
+        "A file in incoming/ unchanged this long counts as completely written.",
+    ),
+    (
+        "--signal-grace",
+        "OCCOORD_SIGNAL_GRACE",
+        click.FloatRange(min=0),
+        30.0,
+        "Seconds a session may stay busy after its task was signalled before it is aborted.",
+    ),
+]
+
+
+def coordinator_options(func: F) -> F:
+    func = click.option(
+        "--simulate",
+        is_flag=True,
+        envvar="OCCOORD_SIMULATE",
+        help="Use the built-in OpenCode simulator (a dry run with fake agents).",
+    )(func)
+    for name, env, kind, default, text in reversed(_COORDINATOR_OPTIONS):
+        func = click.option(
+            name,
+            envvar=env,
+            type=kind,
+            default=default,
+            show_default=default is not None,
+            help=f"{text} (env {env})",
+        )(func)
+    return func
+
+
+def build_config(spool: Spool, opts: dict[str, Any]) -> tuple[CoordinatorConfig, Any]:
+    from occoord.engine.service import ServerChoice, check_config
+
+    config = CoordinatorConfig(
+        workdir=(opts["workdir"] or Path.cwd()).resolve(),
+        max_sessions=opts["max_sessions"],
+        start_timeout=opts["start_timeout"],
+        idle_timeout=opts["idle_timeout"],
+        task_timeout=opts["task_timeout"],
+        retry_base=opts["retry_base"],
+        rescan_interval=opts["rescan_interval"],
+        settle_seconds=opts["settle_seconds"],
+        signal_grace=opts["signal_grace"],
+    )
+    check_config(config)
+    choice = ServerChoice(
+        url=opts["server"],
+        password=opts["server_password"],
+        simulate=bool(opts["simulate"]),
+        binary=opts["opencode_bin"],
+        log_path=opts["server_log"] or spool.root / "opencode.log",
+    )
+    return config, choice
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signals.SIGUSR1, _dump_tasks)
+
+
+def _dump_tasks() -> None:
+    """`kill -USR1 PID` prints what every asyncio task is waiting on (for a watcher that seems stuck)."""
+    tasks = asyncio.all_tasks()
+    click.echo(f"occoord: {len(tasks)} asyncio tasks", err=True)
+    for task in tasks:
+        task.print_stack(limit=8, file=sys.stderr)
+
+
+@click.command()
+@spool_option
+@coordinator_options
+def watch(spool_dir: Path, **opts: Any) -> None:
+    """Serve the spool until SIGINT/SIGTERM: accept manifests, run tasks, record outcomes.
+
+    One coordinator is active per spool; a second `watch` waits as a standby and takes over when the
+    first stops. Unfinished runs resume on start, re-attaching to their sessions. `kill -USR1 PID`
+    prints what it is waiting on (to stderr).
+    """
+    from occoord.engine.service import serve
+
+    spool = open_spool(spool_dir)
+    config, choice = build_config(spool, opts)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await serve(
+            spool,
+            config,
+            choice,
+            stop,
+            on_ready=lambda co: click.echo(
+                f"occoord: watching {spool.root} (OpenCode {co.config.server_version or 'server'})", err=True
+            ),
+        )
+
+    asyncio.run(main())
+
+
+@click.command("run")
+@spool_option
+@coordinator_options
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; touch no spool and no server.")
+def run(spool_dir: Path, manifest: Path, dry_run: bool, **opts: Any) -> None:
+    """Submit MANIFEST and follow its run in the foreground; exit 0 if every task is done, else 1.
+
+    If a coordinator (`occoord watch`) already serves the spool, the run is left to it and only
+    followed; otherwise this process coordinates until the run ends.
+    """
+    if dry_run:
+        from occoord.cli.plan import format_plan
+        from occoord.manifest.load import load_manifest
+
+        spec = load_manifest(manifest)
+        click.echo(
+            format_plan(
+                spec,
+                spool_root=spool_dir.resolve(),
+                max_sessions=opts["max_sessions"],
+                workdir=(opts["workdir"] or Path.cwd()).resolve(),
+            )
+        )
+        return
+    spool = open_spool(spool_dir)
+    config, choice = build_config(spool, opts)
+    target = submit(spool, manifest)
+    outcome = accept_file(spool, target, settled=True)
+    if outcome.kind != "accepted" or outcome.run_id is None:
+        raise click.ClickException(f"{manifest}: not accepted ({outcome.kind}): {outcome.reason}")
+    click.echo(f"run {outcome.run_id}: {spool.runs / outcome.run_id}", err=True)
+    ok = asyncio.run(_run_and_follow(spool, spool.run(outcome.run_id), config, choice))
+    sys.exit(0 if ok else 1)
+
+
+async def _run_and_follow(spool: Spool, the_run: Run, config: CoordinatorConfig, choice: Any) -> bool:
+    from occoord.cli.follow import JournalTail, RunWatch, describe
+    from occoord.engine.service import SpoolLock, serve
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    lock = SpoolLock(spool)
+    if lock.try_acquire():
+        lock.release()
+    else:
+        click.echo("occoord: a coordinator already serves this spool; following the run", err=True)
+    server = asyncio.ensure_future(serve(spool, config, choice, stop))
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    tail = JournalTail(the_run.dir)
+    summary = the_run.dir / "summary.json"
+    with RunWatch(the_run.dir, lambda: loop.call_soon_threadsafe(changed.set)):
+        while not stop.is_set():
+            for event in tail.read():
+                click.echo(describe(event))
+            if summary.exists() or server.done():
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=2.0)
+            except TimeoutError:
+                pass
+            changed.clear()
+    for event in tail.read():
+        click.echo(describe(event))
+    stop.set()
+    await server  # re-raises a startup failure (no server, bad URL) as its own error
+    if not summary.exists():
+        click.echo(
+            f"occoord: stopped before run {the_run.id} finished; it resumes with the next coordinator",
+            err=True,
+        )
+        return False
+    verdict = json.loads(summary.read_text())
+    click.echo(
+        f"run {the_run.id}: {'done' if verdict.get('ok') else 'failed'}; see {the_run.dir / 'summary.md'}"
+    )
+    return bool(verdict.get("ok"))
+
+
+@click.command()
+@spool_option
+@click.argument("run_id")
+@click.argument("task", required=False)
+def cancel(spool_dir: Path, run_id: str, task: str | None) -> None:
+    """Cancel a run (or one TASK): abort its sessions and fail the unfinished tasks as cancelled.
+
+    Works by dropping SPOOL/runs/RUN/cancel (or cancel.TASK), which anyone may `touch`. With no
+    coordinator running, queued and pending tasks are failed right away.
+    """
+    from occoord.engine.service import SpoolLock
+    from occoord.spool.cancel import request_cancel
+
+    spool = open_spool(spool_dir, create=False)
+    the_run = spool.run(run_id)
+    if task is not None and task not in {t.id for t in the_run.manifest.tasks}:
+        raise click.BadParameter(f"run {run_id} has no task {task!r}", param_hint="TASK")
+    lock = SpoolLock(spool)
+    if not lock.try_acquire():
+        path = request_cancel(the_run, task)
+        click.echo(f"cancel requested: {path}")
+        return
+    try:
+        tasks = [task] if task else [t.id for t in the_run.manifest.tasks]
+        for name in tasks:
+            the_run.tasks.reconcile([name])
+            state = the_run.tasks.current(name)
+            if state in (TaskState.QUEUED, TaskState.PENDING):
+                try:
+                    the_run.tasks.transition(
+                        name,
+                        state,
+                        TaskState.FAILED,
+                        actor=Actor.OUTSIDE,
+                        reason="cancelled (no coordinator was running)",
+                    )
+                except TransitionConflict:
+                    continue
+                click.echo(f"{run_id}/{name}: failed (cancelled)")
+    finally:
+        lock.release()
+
+
+@click.command()
+@spool_option
+@click.argument("run_id")
+@click.argument("task", required=False)
+def retry(spool_dir: Path, run_id: str, task: str | None) -> None:
+    """Run failed tasks again: TASK (done or failed) with its blocked dependents, or every failed task.
+
+    The same as `mv SPOOL/runs/RUN/tasks/TASK.failed SPOOL/runs/RUN/tasks/TASK.queued`.
+    """
+    from occoord.spool.requeue import requeue
+
+    spool = open_spool(spool_dir, create=False)
+    moved = requeue(spool.run(run_id), task)
+    for name in moved:
+        click.echo(f"{run_id}/{name}: queued")
+    if not moved:
+        click.echo(f"{run_id}: nothing to retry", err=True)
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=4096,
+    show_default=True,
+    envvar="OCCOORD_SIM_PORT",
+    help="Port on 127.0.0.1 (0 picks a free one). (env OCCOORD_SIM_PORT)",
+)
+@click.option(
+    "--password",
+    envvar="OPENCODE_SERVER_PASSWORD",
+    default=None,
+    help="Require HTTP basic auth (env OPENCODE_SERVER_PASSWORD).",
+)
+def simulate(port: int, password: str | None) -> None:
+    """Serve the OpenCode simulator: the server's API with scriptable fake agents, for dry runs."""
+    from occoord.sim.simulator import main
+
+    main(port, "127.0.0.1", password)

@@ -1,0 +1,243 @@
+"""Wiring for ``occoord watch`` and ``occoord run``: the spool lock, the server, the watcher,
+the event stream and the coordinator, started in order and stopped in reverse.
+
+One coordinator is active per spool: it holds ``SPOOL/.watcher.lock`` (flock) for its lifetime.
+A second ``occoord watch`` on the same spool waits as a hot standby and takes over when the first
+exits or dies, so two watchers never dispatch the same task twice.
+
+A server the coordinator spawns is recorded in ``SPOOL/server.json`` (pid, URL, password; mode 0600)
+while it runs. A coordinator that dies without stopping it (SIGKILL, OOM) leaves it running, with its
+sessions; the next coordinator of the spool re-uses it from that record, so pending tasks re-attach to
+their live sessions instead of starting over on a second server. A clean stop stops the server and
+removes the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from occoord.engine.loop import Coordinator, CoordinatorConfig
+from occoord.engine.watcher import Hint, SpoolWatcher
+from occoord.errors import ConfigError, OccoordError
+from occoord.fsutil import atomic_write
+from occoord.opencode.client import OpenCodeClient
+from occoord.opencode.events import EventStream
+from occoord.opencode.permissions import PolicyResponder
+from occoord.opencode.server import OpenCodeServer, ServerRecord
+from occoord.sim.simulator import Simulator
+from occoord.spool.layout import Spool
+
+__all__ = ["SERVER_FILE", "ServerChoice", "SpoolLock", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """Where the OpenCode server comes from: an URL to attach to, the built-in simulator, or spawn."""
+
+    url: str | None = None
+    password: str | None = None
+    simulate: bool = False
+    binary: str | None = None
+    log_path: Path | None = None
+
+
+class SpoolLock:
+    """The exclusive ``.watcher.lock`` of a spool, acquired without polling (a blocking flock in a
+    daemon thread), so a standby watcher costs nothing while it waits."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.path = spool.root / ".watcher.lock"
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        log.warning("another coordinator holds %s; waiting as a standby", self.path)
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[int] = loop.create_future()
+
+        def wait() -> None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            loop.call_soon_threadsafe(_settle, got, fd)
+
+        threading.Thread(target=wait, name="occoord-standby", daemon=True).start()
+        self.fd = await got
+        log.warning("took over the spool %s", self.path.parent)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file itself is never deleted
+            self.fd = None
+
+
+def _settle(fut: asyncio.Future[int], fd: int) -> None:
+    if fut.done():
+        os.close(fd)
+    else:
+        fut.set_result(fd)
+
+
+@asynccontextmanager
+async def opencode_backend(
+    choice: ServerChoice, workdir: Path, *, state_file: Path | None = None
+) -> AsyncIterator[tuple[Any, str]]:
+    """Yield (client, server version) for the chosen server, and stop what we started.
+
+    A spawned server is recorded in ``state_file`` while it runs, and a still-running server found
+    recorded there (left by a coordinator that died) is re-used rather than started anew.
+    """
+    simulator = server = None
+    try:
+        if choice.simulate:
+            simulator = Simulator()
+            url, password = await simulator.astart(), None
+        elif choice.url:
+            url, password = choice.url, choice.password
+        else:
+            server = OpenCodeServer(binary=choice.binary, cwd=workdir, log_path=choice.log_path)
+            await start_or_adopt(server, state_file)
+            url, password = server.url, server.password
+        client = OpenCodeClient(url, password=password)
+        supervisor = asyncio.ensure_future(supervise(server, client, state_file)) if server else None
+        try:
+            health = await client.health()
+            yield client, health.version
+        finally:
+            if supervisor is not None:
+                supervisor.cancel()
+                await asyncio.wait({supervisor})
+            await client.aclose()
+    finally:
+        if server is not None:
+            await server.stop()
+            if state_file is not None:
+                state_file.unlink(missing_ok=True)
+        if simulator is not None:
+            await simulator.astop()
+
+
+async def supervise(server: Any, client: Any, state_file: Path | None, retry_delay: float = 5.0) -> None:
+    """Restart the spawned server whenever it dies and point the client at it. The event stream
+    then reconnects and the coordinator resyncs: turns lost with the old process are retried."""
+    while True:
+        await server.wait_exit()
+        log.error("the OpenCode server (pid %s) died; restarting it", server.pid)
+        try:
+            await server.ensure_running()
+        except OccoordError as exc:
+            log.error("could not restart the OpenCode server: %s; trying again in %.0f s", exc, retry_delay)
+            await asyncio.sleep(retry_delay)
+            continue
+        client.retarget(server.url)
+        if state_file is not None:
+            atomic_write(state_file, server.record().to_bytes())
+        log.warning("the OpenCode server runs again at %s (restart %d)", server.url, server.restarts)
+
+
+async def start_or_adopt(server: Any, state_file: Path | None) -> None:
+    """Re-use the server recorded in ``state_file`` if it still runs and fits, else start ``server``;
+    then record it there (before any session exists on it)."""
+    if state_file is None:
+        await server.start()
+        return
+    try:
+        previous = ServerRecord.from_bytes(state_file.read_bytes())
+    except FileNotFoundError:
+        previous = None
+    if previous is None or not await server.adopt(previous):
+        state_file.unlink(missing_ok=True)  # stale: that server is gone (or was just stopped)
+        await server.start()
+    atomic_write(state_file, server.record().to_bytes())
+
+
+async def serve(
+    spool: Spool,
+    config: CoordinatorConfig,
+    choice: ServerChoice,
+    stop: asyncio.Event,
+    *,
+    on_ready: Any = None,
+) -> Coordinator | None:
+    """Run the coordinator on ``spool`` until ``stop`` is set. Returns the coordinator used."""
+    lock = SpoolLock(spool)
+    acquiring = asyncio.ensure_future(lock.acquire())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not acquiring.done():
+        acquiring.cancel()
+        return None
+    stopping.cancel()
+    try:
+        state_file = spool.root / SERVER_FILE
+        async with opencode_backend(choice, config.workdir, state_file=state_file) as (client, version):
+            config = replace(config, server_version=version)
+            coordinator = Coordinator(spool, client, config)
+            loop = asyncio.get_running_loop()
+            watcher = SpoolWatcher(spool.root, lambda h: loop.call_soon_threadsafe(coordinator.post, h))
+            watcher.start()
+            responder = PolicyResponder(client)
+            stream = EventStream(client)
+            pump = asyncio.ensure_future(_pump(stream, coordinator, responder))
+            guard = asyncio.ensure_future(_guard(watcher, coordinator, stop))
+            try:
+                if on_ready is not None:
+                    on_ready(coordinator)
+                await coordinator.run(stop)
+            finally:
+                pump.cancel()
+                guard.cancel()
+                watcher.stop()
+                await stream.aclose()
+            return coordinator
+    finally:
+        lock.release()
+
+
+async def _pump(stream: Any, coordinator: Coordinator, responder: Any) -> None:
+    async for event in stream:
+        await responder.handle(event)
+        coordinator.post(event)
+
+
+async def _guard(watcher: SpoolWatcher, coordinator: Coordinator, stop: asyncio.Event) -> None:
+    """Supervise the watchdog observer: a dead one is restarted and a rescan catches up."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=coordinator.config.rescan_interval)
+        except TimeoutError:
+            pass
+        if not stop.is_set() and not watcher.alive():
+            watcher.restart()
+            coordinator.post(Hint("rescan"))
+
+
+def check_config(config: CoordinatorConfig) -> None:
+    if config.max_sessions < 1:
+        raise ConfigError("--max-sessions", "must be at least 1")
+    for name in ("start_timeout", "idle_timeout", "task_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}", "must be positive")

@@ -1,0 +1,144 @@
+"""watchdog glue: turn filesystem events under the spool into hints for the coordinator.
+
+Events are hints, the listing is the truth: the handler only classifies a path and enqueues a
+:class:`Hint`; the coordinator re-reads the files. watchdog runs handlers in its observer thread
+and an exception there kills the observer for good, so the handler catches everything and the
+coordinator checks :meth:`SpoolWatcher.alive` and restarts it (then rescans: events were lost).
+One recursive watch over the whole spool: a rename from incoming/ into runs/ pairs at once
+(a watch on incoming/ alone would hold every later event for ~0.5 s behind the unpaired move).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from watchdog.events import (
+    DirMovedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from occoord.spool.names import is_ignored_incoming, parse_run_id, parse_state
+
+__all__ = ["Hint", "SpoolWatcher", "classify"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Something may have changed. ``kind``: incoming | task | run | rescan."""
+
+    kind: str
+    path: Path | None = None
+    run_id: str | None = None
+    task: str | None = None
+    settled: bool = False  # for incoming: the writer is done (renamed in or closed)
+    writing: bool = False  # for incoming: written to and not yet closed (a `cp` in progress)
+
+
+def _hint_for(root: Path, path: str, *, settled: bool) -> Hint | None:
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return None
+    parts = rel.parts
+    if len(parts) == 2 and parts[0] == "incoming":
+        if is_ignored_incoming(parts[1]):
+            return None
+        return Hint("incoming", path=root / rel, settled=settled)
+    if len(parts) >= 2 and parts[0] == "runs" and parse_run_id(parts[1]):
+        run_id = parts[1]
+        if len(parts) == 4 and parts[2] == "tasks":
+            name = parts[3]
+            parsed = parse_state(name)
+            if parsed is not None:
+                return Hint("task", run_id=run_id, task=parsed.task)
+            if name.startswith(".") and name.endswith(".claim"):
+                return None  # our own transitions in flight
+            return None
+        if len(parts) == 3 and (parts[2] == "cancel" or parts[2].startswith("cancel.")):
+            return Hint("run", run_id=run_id)
+        if len(parts) == 2:
+            return Hint("run", run_id=run_id)
+    return None
+
+
+def classify(root: Path, event: FileSystemEvent) -> list[Hint]:
+    """The hints one watchdog event gives (a move gives one for each end)."""
+    hints: list[Hint] = []
+    if event.event_type in ("opened", "closed_no_write"):
+        return hints
+    if event.is_directory and event.event_type == "modified":
+        # watchdog adds "parent directory modified" to every create, delete, move and close-write.
+        # Each change inside runs/RUN has its own event; this one only echoed our own writes: the
+        # run lock's close-write hinted the run again, whose reconcile took the lock again, forever
+        # (a busy loop that re-read every finished run).
+        return hints
+    if isinstance(event, FileMovedEvent | DirMovedEvent):
+        src = _hint_for(root, str(event.src_path), settled=True)
+        dst = _hint_for(root, str(event.dest_path), settled=True)
+        if src is not None and src.kind != "incoming":  # a file leaving incoming/ is no news
+            hints.append(src)
+        if dst is not None:
+            hints.append(dst)
+    else:
+        settled = isinstance(event, FileClosedEvent)
+        hint = _hint_for(root, str(event.src_path), settled=settled)
+        if hint is not None and not (hint.kind == "incoming" and event.event_type == "deleted"):
+            if hint.kind == "incoming" and event.event_type in ("created", "modified"):
+                hint = replace(hint, writing=True)
+            hints.append(hint)
+    return hints
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, root: Path, sink: Callable[[Hint], object]) -> None:
+        self.root = root
+        self.sink = sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            for hint in classify(self.root, event):
+                self.sink(hint)
+        except Exception:  # an exception here would stop the observer thread for good
+            log.exception("watcher: cannot handle %r", event)
+
+
+class SpoolWatcher:
+    """A recursive watch over the spool that calls ``sink`` (thread-safe!) with each hint."""
+
+    def __init__(self, root: Path, sink: Callable[[Hint], object], *, polling: bool = False) -> None:
+        self.root = root
+        self.sink = sink
+        self.polling = polling
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        observer = PollingObserver(timeout=1.0) if self.polling else Observer()
+        observer.schedule(_Handler(self.root, self.sink), str(self.root), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def restart(self) -> None:
+        log.warning("watcher: observer stopped; restarting it (a rescan follows)")
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None

@@ -1,0 +1,153 @@
+"""Collecting a manifest's problems: value checks with the field path, and friendly messages."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from occoord.errors import ManifestProblem
+from occoord.manifest.model import ModelRef, parse_duration
+
+__all__ = ["Checker", "did_you_mean", "kind", "show"]
+
+
+class Checker:
+    """Collects problems while walking the decoded document."""
+
+    def __init__(self, check_dirs: bool) -> None:
+        self.problems: list[ManifestProblem] = []
+        self.check_dirs = check_dirs
+
+    def add(self, where: str, reason: str) -> None:
+        self.problems.append(ManifestProblem(where, reason))
+
+    def keys(self, where: str, obj: Mapping[Any, Any], allowed: Sequence[str]) -> None:
+        for key in obj:
+            if not isinstance(key, str):
+                self.add(where, f"keys must be strings, got {show(key)}")
+            elif key not in allowed:
+                hint = did_you_mean(key, allowed)
+                more = f"; did you mean '{hint}'?" if hint else f"; allowed: {', '.join(allowed)}"
+                self.add(join(where, key), f"unknown key{more}")
+
+    def string(self, where: str, value: object, *, empty_ok: bool = True) -> str | None:
+        if not isinstance(value, str):
+            self.add(where, f"must be a string, got {kind(value)}")
+            return None
+        if not empty_ok and not value.strip():
+            self.add(where, "must not be empty")
+            return None
+        return value
+
+    def integer(self, where: str, value: object, minimum: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(where, f"must be an integer, got {kind(value)}")
+            return None
+        if value < minimum:
+            self.add(where, f"must be at least {minimum}, got {value}")
+            return None
+        return value
+
+    def model(self, where: str, value: object) -> ModelRef | None:
+        text = self.string(where, value)
+        if text is None:
+            return None
+        provider, slash, model = text.partition("/")
+        if not slash or not provider.strip() or not model.strip():
+            self.add(where, f"must look like 'provider/model', got {text!r}")
+            return None
+        return ModelRef(provider.strip(), model.strip())
+
+    def directory(self, where: str, value: object) -> str | None:
+        text = self.string(where, value, empty_ok=False)
+        if text is None:
+            return None
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            self.add(where, f"must be an absolute path, got {text!r}")
+            return None
+        if self.check_dirs and not path.is_dir():
+            problem = "exists but is not a directory" if path.exists() else "does not exist"
+            self.add(where, f"directory {text!r} {problem}")
+            return None
+        return str(path)
+
+    def timeout(self, where: str, value: object) -> float | None:
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.add(where, f"must be a positive duration like 600, '90s', '15m' or '2h', got {show(value)}")
+        return seconds
+
+    def command(self, where: str, value: object) -> tuple[str, ...]:
+        if isinstance(value, str) and value.strip():
+            try:
+                return tuple(shlex.split(value))
+            except ValueError as exc:
+                self.add(where, f"cannot split command: {exc}")
+                return ()
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        self.add(where, "must be a command: a non-empty string or list of strings")
+        return ()
+
+
+def join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def kind(value: object) -> str:
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def show(value: object, limit: int = 80) -> str:
+    """A user's value for a message: a string quoted, anything else as JSON (null, true, {"a": 1}),
+    cut to about ``limit`` characters."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError, RecursionError):  # non-string keys, 5000-digit integers, depth
+            return kind(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str | None:
+    """The allowed key that ``key`` most likely misspells, or None.
+
+    Keys that share a start with it (``retry``: ``retries``) or hold it come first, the longest
+    shared start winning, then the closest spelling; without such a key, difflib's closest match.
+    """
+    typed = key.lower()
+
+    def shared(name: str) -> int:
+        pairs = enumerate(zip(typed, name, strict=False))
+        return next((i for i, (a, b) in pairs if a != b), min(len(typed), len(name)))
+
+    def related(name: str) -> bool:
+        n = shared(name)
+        if n >= 3 or (n >= 2 and n == min(len(typed), len(name))):
+            return True
+        return min(len(typed), len(name)) >= 4 and (name in typed or typed in name)
+
+    def closeness(name: str) -> float:
+        return difflib.SequenceMatcher(None, typed, name).ratio()
+
+    candidates = [name for name in allowed if related(name)]
+    if candidates:
+        return max(candidates, key=lambda name: (shared(name), closeness(name)))
+    hint = difflib.get_close_matches(typed, allowed, n=1)
+    return hint[0] if hint else None

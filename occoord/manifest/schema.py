@@ -1,0 +1,97 @@
+"""The JSON Schema of manifest v1, printed by ``occoord schema`` for editors and other tools.
+
+The validator in ``manifest`` is the authority (it also checks the dependency graph and reads
+prompt files, which a schema cannot); tests keep the two in agreement on a corpus of manifests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from occoord.manifest.model import ID_PATTERN
+
+__all__ = ["manifest_schema"]
+
+# Patterns are searched for (not matched whole) and must mean the same to Python's re (the
+# jsonschema package) and to ECMA-262 (editors). Hence no \Z and no bare '$' at the end: '$' also
+# matches before a final newline in Python, so '$(?!\n)' stands for "the end" in both.
+_END = r"$(?!\n)"
+_ID = f"^{ID_PATTERN.pattern}{_END}"
+_NOT_BLANK = r"\S"  # holds a character that is not whitespace, as str.strip() sees it
+_DURATION: dict[str, Any] = {
+    "description": "seconds, or a string like '90s', '15m', '2h'; positive",
+    "oneOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": rf"^\s*(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*(ms|s|m|h)?\s*{_END}"},
+    ],
+}
+_COMMAND: dict[str, Any] = {
+    "description": "a command: a string split like a shell would (no shell runs it) or an argv list",
+    "oneOf": [
+        {"type": "string", "pattern": _NOT_BLANK},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    ],
+}
+_PROMPT_FILE: dict[str, Any] = {
+    "type": "string",
+    "description": "relative to directory, and inside it",
+    "allOf": [
+        {"pattern": _NOT_BLANK},
+        {"pattern": "^(?!/)", "description": "not absolute"},
+        {"pattern": r"^(?![\s\S]*(^|/)\.\.(?![^/]))", "description": "no '..' component"},
+    ],
+}
+
+
+def manifest_schema() -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "agent": {"type": "string", "pattern": _NOT_BLANK, "description": "OpenCode agent, e.g. 'build'"},
+        "model": {
+            "type": "string",
+            "pattern": r"^[^/]*[^/\s][^/]*/[\s\S]*\S",
+            "description": "'provider/model' (the model part may hold slashes)",
+        },
+        "directory": {"type": "string", "pattern": "^(/|~)", "description": "absolute project directory"},
+        "timeout": _DURATION,
+        "retries": {"type": "integer", "minimum": 0, "description": "retries for retryable failures"},
+    }
+    task: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string", "pattern": _ID},
+            "prompt": {"type": "string", "pattern": _NOT_BLANK},
+            "prompt_file": _PROMPT_FILE,
+            "role": {"type": "string"},
+            "description": {"type": "string"},
+            "depends_on": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "string", "pattern": _ID}},
+                    {"type": "string", "pattern": _ID, "description": "one id: a list of one"},
+                ]
+            },
+            **common,
+        },
+        "oneOf": [{"required": ["prompt"]}, {"required": ["prompt_file"]}],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:occoord:manifest:1",
+        "title": "occoord manifest, version 1",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tasks"],
+        "properties": {
+            "version": {"const": 1},
+            "name": {"type": "string", "pattern": _NOT_BLANK},
+            "concurrency": {"type": "integer", "minimum": 1},
+            "defaults": {"type": "object", "additionalProperties": False, "properties": common},
+            "hooks": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"on_task_end": _COMMAND, "on_run_end": _COMMAND},
+            },
+            "tasks": {"type": "array", "minItems": 1, "items": task},
+        },
+    }
