@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from occoord.backoff import Backoff
 from occoord.errors import ApiError, ServerUnavailable
 
 from .models import Health, Message, ModelRef, Session, SessionStatus
 
-__all__ = ["OpenCodeClient"]
+__all__ = ["RETRY_BACKOFF", "OpenCodeClient"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ _T = TypeVar("_T")
 
 # Exceptions raised before a single byte of the request reached the server: always safe to retry.
 _NOT_SENT: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Between the retries of one request: short, as the server is local and a failure is mostly a restart.
+RETRY_BACKOFF = Backoff(base=0.2, cap=5.0)
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str]:
@@ -54,11 +57,10 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
 
 
 class OpenCodeClient:
-    """Talks to one OpenCode server. Cheap to keep for the whole run; close it with :meth:`aclose`."""
+    """Talks to one OpenCode server. Cheap to keep for the whole run; close it with :meth:`aclose`.
 
-    # Base of the exponential backoff between retries (seconds); tests shrink it.
-    backoff: float = 0.2
-    backoff_max: float = 5.0
+    ``retries`` is how often one request is tried again, ``backoff`` the wait before each retry.
+    """
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class OpenCodeClient:
         username: str | None = None,
         timeout: float = 30.0,
         retries: int = 3,
+        backoff: Backoff = RETRY_BACKOFF,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -77,6 +80,7 @@ class OpenCodeClient:
             username = os.environ.get("OPENCODE_SERVER_USERNAME") or "opencode"
         self._timeout = timeout
         self._retries = max(0, retries)
+        self.backoff = backoff
         self._http = httpx.AsyncClient(
             base_url=self.url,
             auth=httpx.BasicAuth(username, password) if password else None,
@@ -141,7 +145,7 @@ class OpenCodeClient:
             return response
 
     async def _sleep(self, attempt: int, why: str) -> None:
-        delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+        delay = self.backoff.delay(attempt)
         log.debug("retrying in %.2fs (attempt %d/%d): %s", delay, attempt, self._retries, why)
         await asyncio.sleep(delay)
 

@@ -1,6 +1,8 @@
 """Facts about processes and the opencode binary that the server wing needs: where the binary is,
 whether a pid is still the process we started (pids are reused), and the record a coordinator
 leaves so that the next one can find its server again.
+
+The process facts come from psutil; its exceptions end here, as answers (gone, unknown), never raised.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from occoord.errors import ServerUnavailable
 
 __all__ = ["MISSING_BINARY", "ServerRecord", "find_binary", "pid_exists", "process_token", "running"]
@@ -19,7 +23,8 @@ MISSING_BINARY = (
     "the opencode binary was not found; "
     "install it with `npm install -g opencode-ai` or set OCCOORD_OPENCODE_BIN"
 )
-_PROC = Path("/proc")
+# psutil has no boot identity: a pid and start time repeat across boots, this does not.
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def _resolve(candidate: str) -> str | None:
@@ -31,43 +36,36 @@ def _resolve(candidate: str) -> str | None:
 
 
 def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name (state is [0]); None if unreadable."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
+    """Some process has this pid, a zombie too (a thread id does not count)."""
+    return psutil.pid_exists(pid)
 
 
 def running(pid: int) -> bool:
     """The process exists and is not a zombie (a dead orphan waiting for init to reap it)."""
-    if not (_PROC / "self" / "stat").exists():
-        return pid_exists(pid)  # no /proc: the best we can tell
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:  # ZombieProcess too, where status() raises it instead
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists; only its state is hidden from us
 
 
 def process_token(pid: int) -> str | None:
     """What tells this process from a later one that reuses its pid: the boot id and the process's
-    start time (Linux /proc). None where that cannot be read."""
-    fields = _proc_stat(pid)
+    start time in clock ticks after boot. None where either cannot be read (gone, not Linux)."""
     try:
-        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        boot = _BOOT_ID.read_text().strip()
     except OSError:
         return None
-    if fields is None or len(fields) < 20:
+    try:
+        started = psutil.Process(pid).create_time()
+        booted = psutil.boot_time()
+    except psutil.Error:
         return None
-    return f"{boot}:{fields[19]}"  # field 22 of stat: starttime, in clock ticks after boot
+    # create_time() is boot_time() plus the start after boot, and both move when the wall clock is
+    # set; their difference is the kernel's own count, fixed for the process's life. In ticks, as
+    # /proc/PID/stat has it, so records written by earlier versions still match.
+    return f"{boot}:{round((started - booted) * os.sysconf('SC_CLK_TCK'))}"
 
 
 @dataclass(frozen=True)

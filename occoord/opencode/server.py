@@ -91,7 +91,6 @@ class OpenCodeServer:
         self.adopted = False  # the running server was started by a previous coordinator
         self._token: str | None = None  # process_token(pid) of the running server
         self._proc: asyncio.subprocess.Process | None = None
-        self._pumps: list[asyncio.Task[None]] = []
         self._out = ServerOutput(log_path)
         self._lock = asyncio.Lock()
 
@@ -175,7 +174,7 @@ class OpenCodeServer:
                     reason,
                 )
                 if record.started is None:
-                    self.adopted = False  # its identity is unproven (no /proc): never signal it
+                    self.adopted = False  # its identity is unproven (no start time): never signal it
                 else:
                     await self._cleanup()
                 self.url = self.version = ""
@@ -265,14 +264,7 @@ class OpenCodeServer:
             self._out.close()
             raise ServerUnavailable("opencode", f"cannot run {binary}: {exc}") from exc
         self._proc, self.pid, self._token = proc, proc.pid, process_token(proc.pid)
-        listening = self._out.expect_listening()
-        assert proc.stdout is not None and proc.stderr is not None
-        self._pumps = [
-            asyncio.create_task(self._out.pump(proc.stdout, b""), name=f"opencode-{proc.pid}-stdout"),
-            asyncio.create_task(
-                self._out.pump(proc.stderr, b"[stderr] "), name=f"opencode-{proc.pid}-stderr"
-            ),
-        ]
+        listening = self._out.attach(proc)
         try:
             self.url = await self._await_listening(binary, listening)
             self.version = await self._await_healthy()
@@ -302,7 +294,7 @@ class OpenCodeServer:
         if listening in done:
             return listening.result()
         if exited in done:
-            await self._drain_pumps(2.0)  # so the error can quote what it printed last
+            await self._out.drain(2.0)  # so the error can quote what it printed last
             raise ServerUnavailable(
                 "opencode",
                 f"`{binary} serve` exited with code {self._proc.returncode} before listening"
@@ -323,7 +315,7 @@ class OpenCodeServer:
         async with httpx.AsyncClient(auth=auth, timeout=_HEALTH_REQUEST_TIMEOUT, trust_env=False) as http:
             while True:
                 if not self.alive():
-                    await self._drain_pumps(2.0)
+                    await self._out.drain(2.0)
                     code = self._proc.returncode if self._proc else None
                     raise ServerUnavailable(
                         self.url, f"exited with code {code} before it was healthy{self._out.quoted_tail()}"
@@ -346,13 +338,6 @@ class OpenCodeServer:
                     last = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(min(_HEALTH_POLL, max(deadline - time.monotonic(), 0)))
 
-    # ------------------------------------------------------------ output pump
-
-    async def _drain_pumps(self, timeout: float) -> None:
-        """Give the pumps a moment to reach EOF; a grandchild holding the pipe open must not block us."""
-        if self._pumps:
-            await asyncio.wait(self._pumps, timeout=timeout)
-
     # -------------------------------------------------------------- shutdown
 
     def _signal_group(self, sig: signal.Signals) -> None:
@@ -371,7 +356,7 @@ class OpenCodeServer:
         return True
 
     async def _cleanup(self) -> None:
-        """Kill what is left of the process group, stop the pumps, close the log. Idempotent."""
+        """Kill what is left of the process group, stop the output pumps, close the log. Idempotent."""
         if self.adopted:
             if self.alive():
                 self._signal_group(signal.SIGTERM)
@@ -396,12 +381,5 @@ class OpenCodeServer:
             # is only reusable once the group is empty, so a live process with that pid means reuse.
             if not pid_exists(proc.pid):
                 self._signal_group(signal.SIGKILL)
-        await self._drain_pumps(1.0)
-        for task in self._pumps:
-            task.cancel()
-        if self._pumps:
-            await asyncio.gather(*self._pumps, return_exceptions=True)
-        self._pumps = []
-        self._out.cancel_listening()
         self._proc = None
-        self._out.close()
+        await self._out.detach()

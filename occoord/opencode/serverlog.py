@@ -1,7 +1,8 @@
 """What a spawned ``opencode serve`` prints: kept in a private log file, its last lines remembered
 for error messages, and its ``listening on`` announcement spotted.
 
-The pipes are read for the server's whole life: a full pipe would stall it.
+The pipes are read (by two pump tasks this module owns) for the server's whole life: a full pipe
+would stall it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ServerOutput:
         self._log: IO[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._listening: asyncio.Future[str] | None = None  # resolves to the announced URL
+        self._pumps: list[asyncio.Task[None]] = []
 
     def open(self, what: str) -> None:
         """Start a new process's section of the log (appended: earlier runs stay readable)."""
@@ -69,15 +71,34 @@ class ServerOutput:
                 self._log.close()
             self._log = None
 
-    def expect_listening(self) -> asyncio.Future[str]:
-        """A future for the URL the next process announces."""
+    def attach(self, proc: asyncio.subprocess.Process) -> asyncio.Future[str]:
+        """Pump the process's stdout and stderr into the log; returns the future of the URL that
+        it announces."""
+        assert proc.stdout is not None and proc.stderr is not None
         self._listening = asyncio.get_running_loop().create_future()
+        self._pumps = [
+            asyncio.create_task(self._pump(proc.stdout, b""), name=f"opencode-{proc.pid}-stdout"),
+            asyncio.create_task(self._pump(proc.stderr, b"[stderr] "), name=f"opencode-{proc.pid}-stderr"),
+        ]
         return self._listening
 
-    def cancel_listening(self) -> None:
+    async def drain(self, timeout: float) -> None:
+        """Give the pumps a moment to reach EOF; a grandchild holding the pipe open must not block us."""
+        if self._pumps:
+            await asyncio.wait(self._pumps, timeout=timeout)
+
+    async def detach(self) -> None:
+        """Stop the pumps after a last short drain, give up on the announcement, close the log."""
+        await self.drain(1.0)
+        for task in self._pumps:
+            task.cancel()
+        if self._pumps:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._pumps = []
         if self._listening is not None and not self._listening.done():
             self._listening.cancel()
         self._listening = None
+        self.close()
 
     def line(self, raw: bytes, prefix: bytes) -> None:
         """Log one output line, remember it for error messages, and spot the listening announcement."""
@@ -95,7 +116,7 @@ class ServerOutput:
             if match:
                 self._listening.set_result(match.group(1).rstrip("/"))
 
-    async def pump(self, stream: asyncio.StreamReader, prefix: bytes) -> None:
+    async def _pump(self, stream: asyncio.StreamReader, prefix: bytes) -> None:
         """Copy one pipe into the log until EOF. Reads in chunks: a huge line must not stop the flow."""
         pending = b""
         while True:

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from occoord.backoff import Backoff
 from occoord.errors import ApiError, ServerUnavailable
-from occoord.opencode.client import OpenCodeClient
+from occoord.opencode.client import RETRY_BACKOFF, OpenCodeClient
 from occoord.opencode.events import PermissionAsked, QuestionAsked, SessionIdle
 from occoord.opencode.models import ModelRef, SessionStatus
 from occoord.opencode.permissions import PermissionPolicy, PolicyResponder, session_rules
@@ -61,9 +62,8 @@ class Recorder:
 
 
 def make(handler: Handler, **kwargs: Any) -> OpenCodeClient:
-    client = OpenCodeClient("http://127.0.0.1:9/", transport=httpx.MockTransport(handler), **kwargs)
-    client.backoff = 0.0
-    return client
+    kwargs.setdefault("backoff", Backoff(base=0.0, cap=0.0))  # no waiting between retries
+    return OpenCodeClient("http://127.0.0.1:9/", transport=httpx.MockTransport(handler), **kwargs)
 
 
 async def using(client: OpenCodeClient, call: Callable[[OpenCodeClient], Awaitable[T]]) -> T:
@@ -179,6 +179,20 @@ def test_retries_exhausted_raise_server_unavailable() -> None:
         run(using(make(rec, retries=2), lambda c: c.abort("ses_1", DIR)))
     assert len(rec.requests) == 3
     assert "500" in info.value.reason and "boom" in info.value.reason
+
+
+def test_retries_wait_as_the_backoff_policy_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    rec = Recorder(httpx.Response(503, text="busy"))
+    with pytest.raises(ServerUnavailable):
+        run(using(make(rec, retries=3, backoff=Backoff(base=1.0, cap=3.0)), lambda c: c.dispose(DIR)))
+    assert waits == [1.0, 2.0, 3.0]
+    assert OpenCodeClient("http://127.0.0.1:9").backoff == RETRY_BACKOFF  # the default
 
 
 def test_connect_error_exhausted_raises_server_unavailable() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -14,27 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from support.opencode_env import Backend, RealServer, pinned_version
 
 from occoord.errors import ServerUnavailable
+from occoord.opencode.procinfo import pid_exists, process_token, running
 from occoord.opencode.server import MISSING_BINARY, OpenCodeServer, find_binary
 
 
 def group_members(pgid: int) -> list[int]:
-    """Pids whose process group is ``pgid`` (Linux /proc), zombies excluded."""
+    """Pids whose process group is ``pgid``, zombies excluded."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile
     return found
 
 
@@ -51,9 +49,6 @@ def health(url: str, password: str) -> dict[str, object]:
     resp.raise_for_status()
     body: dict[str, object] = resp.json()
     return body
-
-
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 
 # --------------------------------------------------------------- real binary
@@ -127,7 +122,6 @@ def test_real_scripted_signal_runs_the_success_line_with_bash(real_server: RealS
 
 
 @pytest.mark.real_opencode
-@needs_proc
 def test_real_kill9_is_noticed_and_restarted(real_server: RealServer) -> None:
     server = real_server.server
     old_pid = server.pid
@@ -144,7 +138,6 @@ def test_real_kill9_is_noticed_and_restarted(real_server: RealServer) -> None:
 
 
 @pytest.mark.real_opencode
-@needs_proc
 def test_real_stop_leaves_no_process_in_its_group(real_server: RealServer) -> None:
     server = real_server.server
     pgid = server.pid
@@ -153,6 +146,34 @@ def test_real_stop_leaves_no_process_in_its_group(real_server: RealServer) -> No
     assert not server.alive()
     assert group_members(pgid) == []
     real_server.run(server.stop())  # idempotent
+
+
+# ------------------------------------------------------------ process facts
+
+needs_boot_id = pytest.mark.skipif(
+    not Path("/proc/sys/kernel/random/boot_id").exists(), reason="needs Linux's boot id"
+)
+
+
+@needs_boot_id
+def test_process_token_is_the_boot_and_the_start_tick() -> None:
+    """Stable for one process and in the format earlier versions recorded (boot id : field 22 of
+    /proc/PID/stat), so a server recorded before an upgrade is still recognised."""
+    me = os.getpid()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    start_ticks = Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    assert process_token(me) == f"{boot}:{start_ticks}" == process_token(me)
+
+
+@needs_boot_id
+def test_process_facts_of_a_zombie_and_of_a_reaped_child() -> None:
+    child = subprocess.Popen(["true"])
+    wait_until(lambda: not running(child.pid), 10, "the child to exit")
+    # Exited but not reaped: the pid is taken (and is still that process), yet nothing runs.
+    assert pid_exists(child.pid) and process_token(child.pid) is not None
+    child.wait()
+    assert not pid_exists(child.pid) and not running(child.pid) and process_token(child.pid) is None
+    assert running(os.getpid())
 
 
 # ---------------------------------------------------------- fake "opencode"
@@ -254,7 +275,6 @@ def test_exit_before_listening_quotes_the_log_tail(tmp_path: Path) -> None:
     assert not server.alive()
 
 
-@needs_proc
 def test_no_listening_line_hits_start_deadline_and_kills_the_group(tmp_path: Path) -> None:
     binary = fake_opencode(
         tmp_path,
@@ -276,7 +296,6 @@ def test_no_listening_line_hits_start_deadline_and_kills_the_group(tmp_path: Pat
     assert group_members(server.pid) == []
 
 
-@needs_proc
 def test_listening_but_never_healthy_hits_health_deadline(tmp_path: Path) -> None:
     binary = fake_opencode(tmp_path, HEALTHY.format(healthy=False))
     server = OpenCodeServer(binary=str(binary), cwd=tmp_path, start_deadline=20, health_deadline=1.5)
@@ -288,7 +307,6 @@ def test_listening_but_never_healthy_hits_health_deadline(tmp_path: Path) -> Non
     assert group_members(server.pid) == []
 
 
-@needs_proc
 def test_fake_server_lifecycle_with_chatty_output(tmp_path: Path) -> None:
     """Start (auth, args, URL from stdout), survive a flood of output, restart after a kill, stop."""
     binary = fake_opencode(tmp_path, HEALTHY.format(healthy=True))

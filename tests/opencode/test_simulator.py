@@ -520,3 +520,14 @@ def test_main_announces_itself_like_the_real_server() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_aiohttp_is_loaded_only_when_a_simulator_starts() -> None:
+    """The coordinator imports the simulator (for --simulate) and the whole client side; none of that
+    may drag in the server library before a simulator is really started."""
+    code = (
+        "import sys\n"
+        "import occoord.opencode.events, occoord.opencode.server, occoord.sim.simulator\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
