@@ -24,6 +24,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from occoord.spool.names import is_ignored_incoming, parse_run_id, parse_state
@@ -84,8 +85,9 @@ def classify(root: Path, event: FileSystemEvent) -> list[Hint]:
         # (a busy loop that re-read every finished run).
         return hints
     if isinstance(event, FileMovedEvent | DirMovedEvent):
-        src = _hint_for(root, str(event.src_path), settled=True)
-        dst = _hint_for(root, str(event.dest_path), settled=True)
+        # An end outside the watched tree is "" (a move in from, or out to, elsewhere).
+        src = _hint_for(root, str(event.src_path), settled=True) if event.src_path else None
+        dst = _hint_for(root, str(event.dest_path), settled=True) if event.dest_path else None
         if src is not None and src.kind != "incoming":  # a file leaving incoming/ is no news
             hints.append(src)
         if dst is not None:
@@ -123,7 +125,16 @@ class SpoolWatcher:
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
-        observer = PollingObserver(timeout=1.0) if self.polling else Observer()
+        observer: BaseObserver
+        if self.polling:
+            observer = PollingObserver(timeout=1.0)
+        elif Observer is InotifyObserver:
+            # Full events: a file renamed in from outside the spool (the textbook atomic publish)
+            # arrives as a move, i.e. complete, instead of a "created" that looks like a `cp` still
+            # writing (which waited the open-writer period, 60 s).
+            observer = InotifyObserver(generate_full_events=True)
+        else:
+            observer = Observer()
         observer.schedule(_Handler(self.root, self.sink), str(self.root), recursive=True)
         observer.daemon = True
         observer.start()

@@ -1,0 +1,81 @@
+"""What the server's events mean for the running attempts.
+
+Events are hints: an idle session's turn is read back from its messages (``Settler.finish``), and
+after the stream reconnects every attempt is checked against the server's status, since events
+were lost meanwhile. Nothing here waits on the server inline: one hung request would freeze the
+whole loop, so every call goes through a background job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from occoord.engine.attempts import Attempt, AttemptTable
+from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.settle import Settler
+from occoord.errors import OccoordError
+from occoord.opencode import events as ev
+
+__all__ = ["EventRouter"]
+
+log = logging.getLogger(__name__)
+
+
+class EventRouter:
+    def __init__(
+        self, client: OpenCodePort, table: AttemptTable, settler: Settler, clock: Clock, scheduler: Scheduler
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.settler = settler
+        self.clock = clock
+        self.scheduler = scheduler
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, ev.StreamReconnected):
+            self.scheduler.spawn(self.resync())
+            return
+        if isinstance(event, ev.PermissionAsked | ev.QuestionAsked):
+            return  # the PolicyResponder answers these
+        session_id = getattr(event, "session_id", None)
+        if not isinstance(session_id, str):
+            return
+        attempt = self.table.by_session(session_id)
+        if attempt is None:
+            if _is_idle(event):
+                self.settler.session_idle(session_id)
+            return
+        attempt.last_activity = self.clock.monotonic()
+        if _is_idle(event):
+            self.scheduler.spawn(self.settler.finish(attempt))
+        elif _shows_a_turn(event):
+            attempt.began = True
+
+    async def resync(self) -> None:
+        """After the event stream reconnects: anything that went idle meanwhile is settled now."""
+        by_dir: dict[str, list[Attempt]] = {}
+        for a in self.table:
+            if a.session_id and not a.settling:
+                by_dir.setdefault(a.directory, []).append(a)
+        for directory, attempts in by_dir.items():
+            try:
+                statuses = await self.client.session_status(directory)
+            except OccoordError as exc:
+                log.warning("resync of %s failed: %s", directory, exc)
+                continue
+            for a in attempts:
+                if a.session_id not in statuses:
+                    await self.settler.finish(a)
+
+
+def _is_idle(event: object) -> bool:
+    return isinstance(event, ev.SessionIdle) or (
+        isinstance(event, ev.SessionStatusChanged) and event.status == "idle"
+    )
+
+
+def _shows_a_turn(event: object) -> bool:
+    """Busy (or retrying), or an assistant message: the turn has started."""
+    if isinstance(event, ev.SessionStatusChanged):
+        return True
+    return isinstance(event, ev.MessageUpdated) and getattr(event, "role", None) == "assistant"

@@ -1,0 +1,165 @@
+"""A task's life through the whole engine, in one process: dispatch, turn, outcome, files."""
+
+from __future__ import annotations
+
+from harness import Engine, manifest, task
+
+from occoord.errors import ServerUnavailable
+from occoord.opencode.models import ErrorInfo
+from occoord.spool.journal import read_events
+from occoord.spool.states import TaskState
+
+
+def test_a_task_runs_in_its_own_session_and_its_outcome_is_read_from_the_messages(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("hello", "say hi", role="greeter")))
+        assert e.state(run, "hello") is TaskState.PENDING
+        session = e.client.session_of(f"occoord {run}/hello#1")
+        assert session.directory == str(e.workdir)
+        assert len(session.prompts) == 1 and "say hi" in session.prompts[0]
+        assert "greeter" in session.prompts[0] and "signal" in session.prompts[0]
+        assert e.record(run, "hello").session_id == session.id
+        await e.events(e.client.start_turn(session.id))
+        await e.events(e.client.end_turn(session.id, text="hi there"))
+        assert e.state(run, "hello") is TaskState.DONE
+        assert (e.spool.runs / run / "results" / "hello.md").read_text() == "hi there"
+        summary = e.summary(run)
+        assert summary is not None and summary["ok"] is True
+        assert summary["tasks"][0]["attempts"] == 1
+        assert await e.co.finished_runs.get() == run
+        kinds = [(ev.kind, ev.target) for ev in read_events(e.spool.runs / run)]
+        assert ("transition", "pending") in kinds and ("transition", "done") in kinds
+
+    engine.play(scenario)
+
+
+def test_a_dependent_starts_only_after_its_dependency_is_done(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("a"), task("b", depends_on=["a"])))
+        assert e.state(run, "b") is TaskState.QUEUED
+        assert e.client.calls_of("create_session") == [
+            ("create_session", str(e.workdir), f"occoord {run}/a#1")
+        ]
+        await e.events(e.client.end_turn(e.session(run, "a")))
+        assert e.state(run, "b") is TaskState.PENDING
+        await e.events(e.client.end_turn(e.session(run, "b")))
+        assert e.summary(run) is not None
+
+    engine.play(scenario)
+
+
+def test_sessions_at_once_are_capped_globally_and_per_run(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine: Engine = make_engine(max_sessions=3)
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        one = await e.submit(manifest(*[task(f"t{i}") for i in range(5)], concurrency=2), "one.json")
+        two = await e.submit(manifest(*[task(f"u{i}") for i in range(5)], concurrency=5), "two.json")
+        assert len(e.client.busy_sessions()) == 3
+        assert e.co.table.running_in(one) == 2 and e.co.table.running_in(two) == 1
+        first = e.session(one, "t0")
+        await e.events(e.client.end_turn(first))
+        assert e.co.table.running_in(one) == 2 and len(e.client.busy_sessions()) == 3
+
+    engine.play(scenario)
+
+
+def test_a_failed_turn_is_retried_after_a_backoff_then_fails_and_fails_its_dependents(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("flaky", retries=1), task("after", depends_on=["flaky"])))
+        overloaded = ErrorInfo("APIError", "overloaded", retryable=True, status_code=529)
+        await e.events(e.client.end_turn(e.session(run, "flaky"), error=overloaded))
+        record = e.record(run, "flaky")
+        assert record.state is TaskState.QUEUED and record.not_before
+        assert "retry 1 in 5 s" in record.reason and "overloaded" in record.reason
+        await e.advance(4.9)
+        assert e.state(run, "flaky") is TaskState.QUEUED, "not before the backoff"
+        await e.advance(0.2)
+        assert e.state(run, "flaky") is TaskState.PENDING
+        await e.events(e.client.end_turn(e.session(run, "flaky", attempt=2), error=overloaded))
+        assert e.state(run, "flaky") is TaskState.FAILED
+        assert e.record(run, "flaky").details["failures"] == 2
+        assert e.state(run, "after") is TaskState.FAILED
+        assert e.record(run, "after").reason == "dependency flaky failed"
+        assert e.summary(run) == {**(e.summary(run) or {}), "ok": False}
+
+    engine.play(scenario)
+
+
+def test_a_non_retryable_error_fails_at_once(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", retries=3)))
+        bad = ErrorInfo("ProviderAuthError", "no key", retryable=None)
+        await e.events(e.client.end_turn(e.session(run, "t"), error=bad))
+        assert e.state(run, "t") is TaskState.FAILED
+        assert e.record(run, "t").reason == "ProviderAuthError: no key"
+
+    engine.play(scenario)
+
+
+def test_an_unreachable_server_at_dispatch_does_not_use_up_a_retry(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        e.client.fail_next("create_session", ServerUnavailable("http://x", "connection refused"))
+        run = await e.submit(manifest(task("t", retries=0)))
+        record = e.record(run, "t")
+        assert record.state is TaskState.QUEUED
+        assert record.details["unreachable"] == 1 and "failures" not in record.details
+        await e.advance(5)
+        assert e.state(run, "t") is TaskState.PENDING
+        await e.events(e.client.end_turn(e.session(run, "t", attempt=2)))
+        assert e.state(run, "t") is TaskState.DONE
+
+    engine.play(scenario)
+
+
+def test_reading_a_finished_turn_is_retried_until_the_server_answers(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        sid = e.session(run, "t")
+        e.client.fail_next("messages", *[ServerUnavailable("http://x", "timeout")] * 2)
+        await e.events(e.client.end_turn(sid))
+        assert e.state(run, "t") is TaskState.PENDING
+        await e.advance(1)
+        assert e.state(run, "t") is TaskState.PENDING, "second read failed too"
+        await e.advance(2)
+        assert e.state(run, "t") is TaskState.DONE
+
+    engine.play(scenario)
+
+
+def test_the_loop_does_not_spin_after_a_wake_up(engine: Engine) -> None:
+    """A timer that fired is gone: the next deadline is in the future (the old code kept wake-ups
+    until now-1 and spun for a second after each)."""
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        overloaded = ErrorInfo("APIError", "overloaded", retryable=True)
+        await e.events(e.client.end_turn(e.session(run, "t"), error=overloaded))
+        await e.advance(5)
+        assert e.state(run, "t") is TaskState.PENDING
+        assert e.co.next_deadline() > e.clock.now
+
+    engine.play(scenario)
+
+
+def test_a_flood_of_events_does_not_starve_the_deadlines(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        sid = e.session(run, "t")
+        e.clock.advance(e.config.start_timeout + 1)
+        noise = e.client.start_turn(sid)[1:]  # an assistant message update, again and again
+        e.post(noise * 5000)
+        e.co.step()
+        assert not e.co.queue.empty(), "a step handles a bounded batch"
+        attempt = e.co.table.get(run, "t")
+        assert attempt is not None and attempt.began
+
+    engine.play(scenario)
