@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from occoord.fsutil import NotRegularFile, TooLarge, read_limited
-from occoord.manifest.checks import Checker, kind, show
+from occoord.manifest.checks import Checker, kind, show, shown_path
 from occoord.manifest.model import (
     DEFAULT_KEYS,
     HOOK_KEYS,
@@ -38,9 +38,9 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
     version = doc.get("version", 1)
     if version != 1 or isinstance(version, bool):
         checker.add("version", f"unsupported manifest version {show(version)}; this occoord reads version 1")
-    name = stem
+    name = _default_name(stem)
     if "name" in doc:
-        name = checker.string("name", doc["name"], empty_ok=False) or stem
+        name = checker.string("name", doc["name"], empty_ok=False) or name
     concurrency = 4
     if "concurrency" in doc:
         concurrency = checker.integer("concurrency", doc["concurrency"], 1) or concurrency
@@ -112,6 +112,14 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
     if checker.problems:
         return None
     return Manifest(name=name, tasks=tuple(tasks), version=1, concurrency=concurrency, hooks=hooks)
+
+
+def _default_name(stem: str) -> str:
+    """The name of a manifest that has none: its file's stem, made a valid name, since the plan
+    (``run.json``) stores it and must parse again; a file name may hold undecodable bytes
+    (surrogate escapes) or be blank (`` .json``)."""
+    text = "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in stem)
+    return text if text.strip() else "manifest"
 
 
 def _common_fields(checker: Checker, where: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -226,21 +234,25 @@ def _prompt(
             )
         return None
     path = Path(directory) / pure
+    shown = shown_path(path)
     try:
         data = read_limited(path, MAX_PROMPT_BYTES)
     except (TooLarge, NotRegularFile) as exc:
-        checker.add(f"{where}.prompt_file", f"{path}: {exc}")
+        checker.add(f"{where}.prompt_file", f"{shown}: {exc}")
         return None
-    except OSError as exc:
-        checker.add(f"{where}.prompt_file", f"cannot read {path}: {exc.strerror}")
+    except OSError as exc:  # missing, a name too long, permission denied, a part that is a file
+        checker.add(f"{where}.prompt_file", f"cannot read {shown}: {exc.strerror}")
         return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        checker.add(f"{where}.prompt_file", f"{path} is not UTF-8 text")
+        checker.add(f"{where}.prompt_file", f"{shown} is not UTF-8 text")
+        return None
+    if "\x00" in text:  # as for the manifest itself; and an inline prompt may not hold one either
+        checker.add(f"{where}.prompt_file", f"{shown} is binary (it holds a NUL byte), not a prompt")
         return None
     if not text.strip():
-        checker.add(f"{where}.prompt_file", f"{path} is empty")
+        checker.add(f"{where}.prompt_file", f"{shown} is empty")
         return None
     return text
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shlex
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ from typing import Any
 from occoord.errors import ManifestProblem
 from occoord.manifest.model import ModelRef, parse_duration
 
-__all__ = ["Checker", "did_you_mean", "kind", "show"]
+__all__ = ["Checker", "did_you_mean", "kind", "show", "shown_path", "unusable_text"]
+
+#: paths longer than this are cut in messages (a 1 MiB name would be repeated whole otherwise)
+_PATH_SHOWN = 240
 
 
 class Checker:
@@ -32,11 +37,15 @@ class Checker:
             elif key not in allowed:
                 hint = did_you_mean(key, allowed)
                 more = f"; did you mean '{hint}'?" if hint else f"; allowed: {', '.join(allowed)}"
-                self.add(join(where, key), f"unknown key{more}")
+                # a key with a line break or escape sequence would forge lines in the message
+                self.add(join(where, key if key.isprintable() else repr(key)), f"unknown key{more}")
 
     def string(self, where: str, value: object, *, empty_ok: bool = True) -> str | None:
         if not isinstance(value, str):
             self.add(where, f"must be a string, got {kind(value)}")
+            return None
+        if (problem := unusable_text(value)) is not None:
+            self.add(where, problem)
             return None
         if not empty_ok and not value.strip():
             self.add(where, "must not be empty")
@@ -66,13 +75,19 @@ class Checker:
         text = self.string(where, value, empty_ok=False)
         if text is None:
             return None
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            self.add(where, f"must be an absolute path, got {text!r}")
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # '~name' naming no user, or '~' and no home directory
+            user = text[1:].partition("/")[0]
+            why = f"there is no user {user!r}" if user else "this user has no home directory"
+            self.add(where, f"cannot expand {show(text, _PATH_SHOWN)}: {why}")
             return None
-        if self.check_dirs and not path.is_dir():
-            problem = "exists but is not a directory" if path.exists() else "does not exist"
-            self.add(where, f"directory {text!r} {problem}")
+        if not path.is_absolute():
+            self.add(where, f"must be an absolute path, got {show(text, _PATH_SHOWN)}")
+            return None
+        problem = _directory_problem(path) if self.check_dirs else None
+        if problem is not None:
+            self.add(where, f"directory {show(text, _PATH_SHOWN)} {problem}")
             return None
         return str(path)
 
@@ -84,15 +99,61 @@ class Checker:
 
     def command(self, where: str, value: object) -> tuple[str, ...]:
         if isinstance(value, str) and value.strip():
+            if (problem := unusable_text(value)) is not None:
+                self.add(where, problem)
+                return ()
             try:
                 return tuple(shlex.split(value))
             except ValueError as exc:
                 self.add(where, f"cannot split command: {exc}")
                 return ()
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return tuple(value)
+            # an argv cannot carry these: the hook would fail when it runs, not here
+            problems = [(f"{where}[{i}]", unusable_text(v)) for i, v in enumerate(value)]
+            for path, problem in problems:
+                if problem is not None:
+                    self.add(path, problem)
+            return () if any(problem for _, problem in problems) else tuple(value)
         self.add(where, "must be a command: a non-empty string or list of strings")
         return ()
+
+
+def unusable_text(text: str) -> str | None:
+    """Why ``text`` cannot be used as a manifest's string, or None.
+
+    A NUL fits no path, argv or prompt (and the file itself may not hold one raw); a lone surrogate
+    (only a JSON or YAML escape like \\ud800 makes one) is not Unicode: it cannot be encoded as
+    UTF-8 for a request, a file name or a file, so it would fail only when the task is dispatched.
+    """
+    if "\x00" in text:
+        return "must not hold a NUL character (\\u0000)"
+    bad = next((ch for ch in text if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        return f"holds a lone surrogate {bad!r}, which is not Unicode text (it cannot be encoded as UTF-8)"
+    return None
+
+
+def _directory_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a task's directory (it ends 'directory X ...'), or None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "does not exist: a part of it is a file, not a directory"
+    except OSError as exc:  # a name too long, a parent that is not searchable, a symlink loop
+        return f"cannot be checked: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return "exists but is not a directory"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "is not readable and searchable by this user"
+    return None
+
+
+def shown_path(path: Path | str) -> str:
+    """A path for a message: as is if it is short and printable, else quoted, escaped and cut."""
+    text = str(path)
+    return text if text.isprintable() and len(text) <= _PATH_SHOWN else show(text, _PATH_SHOWN)
 
 
 def join(where: str, key: str) -> str:
@@ -120,6 +181,8 @@ def show(value: object, limit: int = 80) -> str:
     else:
         try:
             text = json.dumps(value, ensure_ascii=False, default=str)
+            if not text.isprintable():  # C1 controls, surrogates, U+2028: JSON leaves them raw
+                text = json.dumps(value, default=str)
         except (TypeError, ValueError, RecursionError):  # non-string keys, 5000-digit integers, depth
             return kind(value)
     return text if len(text) <= limit else f"{text[: limit - 1]}…"

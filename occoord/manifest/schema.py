@@ -1,7 +1,8 @@
 """The JSON Schema of manifest v1, printed by ``occoord schema`` for editors and other tools.
 
-The validator in ``manifest`` is the authority (it also checks the dependency graph and reads
-prompt files, which a schema cannot); tests keep the two in agreement on a corpus of manifests.
+The validator in ``manifest`` is the authority (it also checks the dependency graph, reads
+prompt files and directories, and refuses NUL characters and lone surrogates in strings: the
+schema leaves those to it); tests keep the two in agreement on a corpus of manifests.
 """
 
 from __future__ import annotations
