@@ -12,17 +12,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from occoord.sim.simulator import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
+# The process helpers are the tests' own (tests/support/processes.py). Appended, not prepended:
+# nothing tests/ holds may shadow what the benchmarks import.
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
+from support import processes  # noqa: E402
+from support.processes import proc_stat, watch_argv  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -51,67 +56,28 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-# -- waiting -----------------------------------------------------------------------------------
+# -- waiting and processes ---------------------------------------------------------------------
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.002, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:.0f} s: {what or predicate}")
-        time.sleep(interval)
+    """support.processes.wait_for, polling finer by default: what the benchmarks wait for they time."""
+    return processes.wait_for(predicate, timeout, interval, what)
 
 
-# -- processes ---------------------------------------------------------------------------------
+class Proc(processes.Proc):
+    """A support.processes.Proc run from the repository, given two minutes to stop on SIGTERM: a
+    watcher under cProfile writes its profile on the way out."""
 
-
-class Proc:
-    """A child in its own process group, output to a log file; stopped by its own PID only."""
-
-    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self.fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            list(argv),
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-            cwd=REPO,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 120.0) -> int | None:
-        if self.popen.poll() is None:
-            try:
-                os.kill(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        self.fh.close()
-        return self.popen.returncode
+    def __init__(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(argv, log, env, cwd=REPO, grace=120.0)
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads), from /proc/PID/stat."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = proc_stat(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -142,33 +108,9 @@ def start_watcher(
     max_sessions: int = 64,
 ) -> Proc:
     """``occoord watch --server URL`` as a real subprocess (optionally under cProfile), ready."""
-    prefix = [sys.executable]
-    if profile_to is not None:
-        prefix += ["-m", "cProfile", "-o", str(profile_to)]
-    argv = [
-        *prefix,
-        "-m",
-        "occoord",
-        "watch",
-        "--spool",
-        str(spool),
-        "--workdir",
-        str(workdir),
-        "--server",
-        server,
-        "--max-sessions",
-        str(max_sessions),
-        *extra,
-    ]
-    proc = Proc(argv, log)
-    wait_for(
-        lambda: "occoord: watching" in proc.output() or not proc.alive(),
-        timeout=60,
-        interval=0.02,
-        what="the watcher's ready line",
-    )
-    if not proc.alive():
-        raise RuntimeError(f"occoord watch exited:\n{proc.output()}")
+    options = ["--server", server, "--max-sessions", str(max_sessions), *extra]
+    proc = Proc(watch_argv(spool, workdir, *options, verbose=False, profile_to=profile_to), log)
+    proc.ready(timeout=60)
     return proc
 
 

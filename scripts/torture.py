@@ -28,89 +28,33 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-READY = "occoord: watching"
+# The process helpers are the tests' own (tests/support/processes.py); pytest has tests/ on sys.path
+# already, and appending (not prepending) it shadows nothing this script imports.
+TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
+from support.processes import READY, Proc, occoord_argv, start_simulator, wait_for, watch_argv  # noqa: E402
+
 STATES = ("queued", "pending", "done", "failed")
-TMP_MAX_AGE = 3600.0  # occoord.spool.layout.TMP_MAX_AGE: the cleanup age of stray temp files
+TMP_MAX_AGE = 3600.0  # occoord.spool.recovery.TMP_MAX_AGE: the cleanup age of stray temp files
 WATCH_OPTIONS = (
     "--settle-seconds", "0.3", "--rescan-interval", "2", "--retry-base", "0.1",
     "--start-timeout", "10", "--idle-timeout", "30", "--task-timeout", "120", "--max-sessions", "8",
 )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- processes
-
-
-class Proc:
-    """A child in its own process group, output to a log file; stopped by its PID only."""
-
-    def __init__(self, argv: Sequence[str], log: Path) -> None:
-        self.log = log
-        self.fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            list(argv),
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill9(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait(timeout=30)
-        self.fh.close()
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=30)
-            except ProcessLookupError:
-                pass
-        self.fh.close()
-        return self.popen.returncode
-
-
-def occoord(*args: str) -> list[str]:
-    return [sys.executable, "-m", "occoord", *args]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+GRACE = 30.0  # seconds a watcher gets to stop on SIGTERM: the last one may have many runs to close
 
 
 # ---------------------------------------------------------------------------- the manifest stream
@@ -394,23 +338,17 @@ def torture(
     spool, workdir, logs = root / "spool", root / "work", root / "logs"
     for d in (workdir, logs):
         d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(occoord("init", "--spool", str(spool)), check=True, capture_output=True)
+    subprocess.run(occoord_argv("init", "--spool", str(spool)), check=True, capture_output=True)
     began = time.monotonic()
-    sim = Proc(occoord("simulate", "--port", "0"), logs / "simulator.log")
+    sim, url = start_simulator(logs / "simulator.log", timeout=60)
     watcher: Proc | None = None
     feeder = Feeder(spool, rng, rate)
     try:
-        match = wait_for(lambda: LISTENING.search(sim.output()) or sim.popen.poll() is not None, 60)
-        if not isinstance(match, re.Match):
-            raise RuntimeError(f"simulator did not start:\n{sim.output()}")
-        url = match.group(1)
-        argv = occoord(
-            "-v", "watch", "--spool", str(spool), "--workdir", str(workdir), *WATCH_OPTIONS, "--server", url
-        )
+        argv = watch_argv(spool, workdir, *WATCH_OPTIONS, "--server", url)
 
         def start(n: int) -> Proc:
             report.watcher_starts += 1
-            return Proc(argv, logs / f"watch-{n:03d}.log")
+            return Proc(argv, logs / f"watch-{n:03d}.log", grace=GRACE)
 
         feeder.start()
         for n in range(kills):
@@ -419,14 +357,14 @@ def torture(
                 time.sleep(rng.uniform(0.0, 1.2))  # anywhere in start-up: imports, recovery, first scan
             else:
                 try:
-                    wait_for(lambda w=watcher: READY in w.output() or w.popen.poll() is not None, 60, 0.02)
+                    watcher.wait_output(READY, 60)
                 except TimeoutError:
                     pass
                 time.sleep(rng.uniform(0.0, max_kill_delay))
             ready = READY in watcher.output()
-            if watcher.popen.poll() is not None:
+            if not watcher.alive():
                 report.problems.append(
-                    f"watcher {n} exited by itself ({watcher.popen.returncode}): see {watcher.log}"
+                    f"watcher {n} exited by itself ({watcher.returncode}): see {watcher.log}"
                 )
             watcher.kill9()
             watcher = None
@@ -452,7 +390,7 @@ def torture(
         watcher = start(kills)
         try:
             # Ready first: a SIGTERM during interpreter start-up, before any handler exists, kills it.
-            wait_for(lambda w=watcher: READY in w.output() or w.popen.poll() is not None, 60, 0.02)
+            watcher.wait_output(READY, 60)
             wait_for(drained, drain_timeout, 0.5)
         except TimeoutError:
             report.problems.append(f"not drained within {drain_timeout:.0f} s")
@@ -468,7 +406,7 @@ def torture(
         for path in strays:
             os.utime(path, (old, old), follow_symlinks=False)
         watcher = start(kills + 1)
-        wait_for(lambda: READY in watcher.output() or watcher.popen.poll() is not None, 120)  # type: ignore[union-attr]
+        watcher.wait_output(READY, 120)
         watcher.stop()
         watcher = None
         left = temp_files(spool)
@@ -486,7 +424,7 @@ def torture(
         feeder.stopping.set()
         if watcher is not None:
             watcher.kill9()
-        sim.stop()
+        sim.stop(GRACE)
     report.seconds = round(time.monotonic() - began, 1)
     return report
 

@@ -1,88 +1,39 @@
-"""End-to-end helpers: real processes (`occoord simulate`, `occoord watch`) and the spool's files.
+"""End-to-end helpers of the tests: `occoord watch` with fast test options, and the spool's files.
 
 Tests drive everything through the filesystem, as a user would: copy a manifest into incoming/,
-read and rename state files, read summaries. Every process is started here and stopped by PID.
+read and rename state files, read summaries. The processes themselves (start, wait, stop by PID)
+are tests/support/processes.py's; the fixtures that start them are in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from spoolkit import wait_for
+from support.processes import READY, Proc, wait_for, watch_argv
 
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 STATES = ("queued", "pending", "done", "failed")
-
-
-LIVE: list[Proc] = []  # every Proc started; tests/conftest.py stops leftovers after each test
-
-
-class Proc:
-    """A child process in its own process group, with its output kept in a log file."""
-
-    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self.fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            list(argv),
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        LIVE.append(self)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill9(self) -> None:
-        os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        self.fh.close()
-        return self.popen.returncode
-
-
-def occoord_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "occoord", *args]
-
-
-def start_simulator(tmp: Path) -> tuple[Proc, str]:
-    proc = Proc(occoord_argv("simulate", "--port", "0"), tmp / "simulator.log")
-    found = wait_for(lambda: LISTENING.search(proc.output()) or proc.popen.poll() is not None, timeout=30)
-    if not isinstance(found, re.Match):
-        raise AssertionError(f"simulator did not start:\n{proc.output()}")
-    return proc, found.group(1)
-
 
 FAST = (
     "--settle-seconds", "0.3", "--rescan-interval", "5", "--retry-base", "0.1",
     "--start-timeout", "5", "--signal-grace", "0.5", "--idle-timeout", "30", "--task-timeout", "60",
 )  # fmt: skip
+
+# A hook that writes down what it was given, its argv (after OUT) and its whole environment, to
+# OUT/<task>.json (OUT/run.json for a run's hook). Atomically, by temp file and os.replace: a test
+# that sees the file reads all of it, never a half-written one.
+HOOK = """
+import json, os, sys
+out, rest = sys.argv[1], sys.argv[2:]
+path = os.path.join(out, os.environ.get("OCCOORD_TASK", "run") + ".json")
+with open(path + ".tmp", "w") as fh:
+    json.dump({"argv": rest, "env": dict(os.environ)}, fh)
+os.replace(path + ".tmp", path)
+"""
 
 
 def start_watcher(
@@ -91,37 +42,42 @@ def start_watcher(
     *extra: str,
     server: str | None = None,
     name: str = "watch",
-    ready: str = "occoord: watching",
+    ready: str = READY,
 ) -> Proc:
-    """Start `occoord watch` and wait for its ``ready`` line (the coordinator is serving)."""
+    """Start `occoord watch` (on ``server``, or the built-in simulator) and wait for its ``ready``
+    line: the coordinator is serving (or, with ready="standby", waiting as the standby)."""
     backend = ["--server", server] if server else ["--simulate"]
-    argv = occoord_argv(
-        "-v", "watch", "--spool", str(spool), "--workdir", str(workdir), *FAST, *backend, *extra
-    )
-    proc = Proc(argv, spool.parent / f"{name}.log")
-    try:
-        wait_for(lambda: ready in proc.output() or proc.popen.poll() is not None, timeout=30)
-    except AssertionError:
-        proc.stop()  # never leave a process behind
-        raise
-    if proc.popen.poll() is not None:
-        raise AssertionError(f"occoord watch exited:\n{proc.output()}")
+    proc = Proc(watch_argv(spool, workdir, *FAST, *backend, *extra), spool.parent / f"{name}.log")
+    proc.ready(ready, timeout=30)
     return proc
 
 
-def drop(spool: Path, name: str, manifest: dict[str, Any]) -> Path:
-    """Like `cp manifest.json SPOOL/incoming/`: written in place, not atomically."""
-    target = spool / "incoming" / name
-    target.write_text(json.dumps(manifest))
-    return target
+def task(task_id: str, prompt: str, **more: object) -> dict[str, object]:
+    return {"id": task_id, "prompt": prompt, **more}
 
 
 def manifest(*tasks: dict[str, Any], **top: Any) -> dict[str, Any]:
     return {"version": 1, "name": top.pop("name", "e2e"), **top, "tasks": list(tasks)}
 
 
-def the_run(spool: Path, timeout: float = 20.0) -> Path:
-    return Path(wait_for(lambda: next(iter(sorted((spool / "runs").glob("2*"))), None), timeout=timeout))
+def drop(spool: Path, name: str, doc: dict[str, Any]) -> Path:
+    """Like `cp manifest.json SPOOL/incoming/`: written in place, not atomically."""
+    target = spool / "incoming" / name
+    target.write_text(json.dumps(doc))
+    return target
+
+
+def drop_atomically(spool: Path, name: str, doc: dict[str, Any]) -> Path:
+    """Like `occoord submit`: written in tmp/ and renamed in, so the watcher takes it at once."""
+    staging = spool / "tmp" / f".{name}.tmp"
+    staging.write_text(json.dumps(doc))
+    return staging.rename(spool / "incoming" / name)
+
+
+def the_run(spool: Path, name: str = "", timeout: float = 20.0) -> Path:
+    """The (first) run accepted so far, or the one made of the manifest named ``name``."""
+    pattern = f"2*-{name}" if name else "2*"
+    return Path(wait_for(lambda: next(iter(sorted((spool / "runs").glob(pattern))), None), timeout=timeout))
 
 
 def states(run_dir: Path) -> dict[str, str]:
@@ -182,9 +138,15 @@ def sim_status(url: str, directory: Path) -> dict[str, Any]:
     return dict(response.json())
 
 
+def in_session(run_dir: Path, *tasks: str) -> bool:
+    """Every one of ``tasks`` is pending with its session recorded: its turn is under way."""
+    return all(states(run_dir).get(t) == "pending" and record(run_dir, t).get("session_id") for t in tasks)
+
+
 def wait_state(run_dir: Path, task: str, state: str, timeout: float = 30.0) -> None:
     wait_for(lambda: states(run_dir).get(task) == state, timeout=timeout, interval=0.02)
 
 
-def age(path: Path) -> float:
-    return time.time() - path.stat().st_mtime
+def hook_record(out: Path, name: str) -> dict[str, Any]:
+    """What HOOK wrote down for task ``name`` (or "run"): {"argv": [...], "env": {...}}."""
+    return dict(json.loads((out / f"{name}.json").read_text()))

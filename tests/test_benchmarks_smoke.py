@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.processes import Proc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,15 @@ def test_quick_run_writes_well_formed_figures(tmp_path: Path) -> None:
         "--latency-reps", "2", "--signal-reps", "2", "--idle-seconds", "1", "--profile-size", "10",
         "--out", str(out),
     ]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    driver = Proc(argv, tmp_path / "benchmarks.log", cwd=REPO)
+    try:
+        code = driver.popen.wait(timeout=240)
+    finally:
+        # SIGINT, not SIGTERM: the driver has no SIGTERM handler, and only an exception runs the
+        # finally blocks that stop the watchers it started (each in a process group of its own).
+        driver.stop(timeout=60, sig=signal.SIGINT)
+    output = driver.output()
+    assert code == 0, output[-3000:]
     for title in (
         "1. drop -> dispatch",
         "2. signal -> next dispatch",
@@ -50,7 +58,7 @@ def test_quick_run_writes_well_formed_figures(tmp_path: Path) -> None:
         "4. idle",
         "targets",
     ):
-        assert title in done.stdout
+        assert title in output
 
     results = json.loads((out / "latest.json").read_text())
     assert results["quick"] is True
@@ -63,8 +71,8 @@ def test_quick_run_writes_well_formed_figures(tmp_path: Path) -> None:
 
     size = results["sizes"]["10"]
     assert size["tasks"] == 10
-    signal = size["signal_dispatch_ms"]
-    assert signal["n"] + signal["timeouts"] >= 1
+    after_signal = size["signal_dispatch_ms"]
+    assert after_signal["n"] + after_signal["timeouts"] >= 1
     tp = size["throughput"]
     for key in ("occoord_elapsed_s", "occoord_lifecycles_per_s", "raw_elapsed_s", "ratio_occoord_over_raw"):
         _check_summary(tp[key], 1)

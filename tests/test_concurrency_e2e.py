@@ -16,21 +16,13 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2ekit import (
-    journal,
-    manifest,
-    record,
-    sim_sessions,
-    start_simulator,
-    start_watcher,
-    states,
-)
-from spoolkit import new_run, wait_for
+from e2ekit import drop, journal, manifest, record, sim_sessions, start_watcher, states, the_run
+from spoolkit import new_run
+from support.processes import WaitTimeout, wait_for
 
 from occoord.spool import tasks as taskfiles
 from occoord.spool.layout import Spool
@@ -38,20 +30,6 @@ from occoord.spool.states import TaskState
 from occoord.spool.submit import submit
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[str]:
-    proc, url = start_simulator(tmp_path)
-    yield url
-    proc.stop()
 
 
 def runs_by_name(spool: Path) -> dict[str, list[Path]]:
@@ -90,9 +68,8 @@ def check_journal(run_dir: Path) -> None:
 
 
 def test_fifty_submits_at_once_with_a_standby_that_takes_over(
-    tmp_path: Path, workdir: Path, simulator: str
+    tmp_path: Path, spool_dir: Path, workdir: Path, simulator: str
 ) -> None:
-    spool_dir = tmp_path / "spool"
     first = start_watcher(spool_dir, workdir, server=simulator, name="first")
     second = start_watcher(spool_dir, workdir, server=simulator, name="second", ready="standby")
     sources = tmp_path / "sources"
@@ -180,7 +157,7 @@ class Writer:
         dst = self.run_dir / "tasks" / f"{self.task}.{self.target}"
         try:
             wait_for(src.exists, timeout=60, interval=0.005)
-        except AssertionError:
+        except WaitTimeout:
             self.outcome = "never saw it"
             return
         time.sleep(self.delay)
@@ -206,11 +183,10 @@ class Writer:
 
 
 def test_outside_writers_racing_the_coordinator_lose_no_signal(
-    tmp_path: Path, workdir: Path, simulator: str
+    spool_dir: Path, workdir: Path, simulator: str
 ) -> None:
     """40 tasks whose turns fail at about the moment a script signals them done: each ends as the
     winner of that race decided. 10 more are requeued by `mv T.failed T.queued` and run again."""
-    spool_dir = tmp_path / "spool"
     watcher = start_watcher(spool_dir, workdir, "--max-sessions", "20", server=simulator)
     rng = random.Random(7)
     racing = [f"r{i:02d}" for i in range(40)]
@@ -221,10 +197,8 @@ def test_outside_writers_racing_the_coordinator_lose_no_signal(
     tasks += [
         {"id": t, "prompt": "[sim: work 0.05] [sim: error APIError fatal]", "retries": 0} for t in requeued
     ]
-    (spool_dir / "incoming" / "race.json").write_text(
-        json.dumps(manifest(*tasks, concurrency=20, name="race"))
-    )
-    run_dir = Path(wait_for(lambda: next(iter((spool_dir / "runs").glob("2*")), None), timeout=20))
+    drop(spool_dir, "race.json", manifest(*tasks, concurrency=20, name="race"))
+    run_dir = the_run(spool_dir)
     hows = ["mv", "flock", "touch"]
     writers = [
         Writer(run_dir, t, "pending", "done", hows[i % 3], rng.uniform(0.0, 0.8))
@@ -278,9 +252,8 @@ def test_outside_writers_racing_the_coordinator_lose_no_signal(
 
 
 def test_occoord_submit_into_a_watched_spool_is_taken_at_once(
-    tmp_path: Path, workdir: Path, simulator: str
+    tmp_path: Path, spool_dir: Path, workdir: Path, simulator: str
 ) -> None:
-    spool_dir = tmp_path / "spool"
     watcher = start_watcher(spool_dir, workdir, server=simulator)
     try:
         source = tmp_path / "plan.json"

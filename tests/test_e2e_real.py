@@ -27,21 +27,10 @@ from typing import Any
 
 import httpx
 import pytest
-from e2ekit import (
-    Proc,
-    drop,
-    journal,
-    manifest,
-    occoord_argv,
-    record,
-    states,
-    summary,
-    the_run,
-    wait_state,
-)
-from spoolkit import wait_for
+from e2ekit import drop, in_session, journal, manifest, record, states, summary, task, the_run, wait_state
 from support.fakemodel import FakeModel
 from support.opencode_env import opencode_env, pinned_version, require_binary
+from support.processes import Proc, kill_group, occoord_argv, proc_stat, wait_for, watch_argv
 
 from occoord.opencode.server import OpenCodeServer, ServerRecord, process_token
 
@@ -51,15 +40,10 @@ REAL_OPTS = (
     "--settle-seconds", "0.3", "--rescan-interval", "5", "--retry-base", "0.1",
     "--start-timeout", "90", "--idle-timeout", "180", "--task-timeout", "300",
 )  # fmt: skip
-READY = "occoord: watching"
 TURN = 90.0  # upper bound for one scripted turn to be decided, on a noisy machine
 
 real = pytest.mark.real_opencode
 slow = pytest.mark.slow
-
-
-def task(task_id: str, prompt: str, **more: object) -> dict[str, object]:
-    return {"id": task_id, "prompt": prompt, **more}
 
 
 # ------------------------------------------------------------------------------- processes by PID
@@ -81,43 +65,14 @@ def processes_in(directory: Path) -> list[int]:
 
 def kill_pid(pid: int, token: str | None) -> None:
     """SIGKILL ``pid``'s process group, if ``pid`` is still the process we knew (same start time)."""
-    if process_token(pid) is None or process_token(pid) != token:
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def terminate(proc: Proc, timeout: float = 30.0) -> int | None:
-    """SIGTERM a watcher and wait; one that hangs gets SIGABRT first, so its log shows where
-    (PYTHONFAULTHANDLER dumps every thread's stack), then SIGKILL."""
-    if proc.popen.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGABRT)
-            try:
-                proc.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-    return proc.stop(timeout=5)
+    current = process_token(pid)
+    if current is not None and current == token:
+        kill_group(pid, signal.SIGKILL)
 
 
 def running(pid: int, token: str | None) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z" and process_token(pid) == token
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------------------- the world
@@ -142,24 +97,23 @@ class Stage:
     def workdir(self) -> Path:
         return self.tmp / "work"
 
-    def watch(self, name: str = "watch", *extra: str, ready: str = READY) -> Proc:
+    def watch(self, name: str = "watch", *extra: str) -> Proc:
         """Start `occoord watch` spawning (or re-using) the server; wait until it serves the spool."""
-        argv = occoord_argv(
-            "-v", "watch", "--spool", str(self.spool), "--workdir", str(self.workdir),
-            *REAL_OPTS, "--opencode-bin", self.binary, *extra,
-        )  # fmt: skip
+        argv = watch_argv(self.spool, self.workdir, *REAL_OPTS, "--opencode-bin", self.binary, *extra)
+        # PYTHONFAULTHANDLER: a watcher that hangs on stop logs every thread's stack (see stop()).
         proc = Proc(argv, self.tmp / f"{name}.log", env={"PYTHONFAULTHANDLER": "1", **self.env})
         self.watchers.append(proc)
-        wait_for(lambda: ready in proc.output() or proc.popen.poll() is not None, timeout=120, interval=0.05)
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"occoord watch exited:\n{proc.output()}\n{self.server_log()}")
+        try:
+            proc.ready(timeout=120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.server_log()}") from None
         self.server()  # remember its server's pid for the cleanup
         return proc
 
     def stop(self, proc: Proc) -> None:
         """Stop a watcher cleanly: exit code 0, its server gone with it and its record removed."""
         pid = self.server().pid
-        assert terminate(proc) == 0, proc.output()
+        assert proc.stop(timeout=30, dump_stacks=True) == 0, proc.output()
         assert not running(pid, self.servers[pid]), "a clean stop stops the spawned server"
         assert not (self.spool / "server.json").exists()
         assert processes_in(self.workdir) == [], "nothing the watcher started is left running"
@@ -525,11 +479,7 @@ def test_fake_restarted_watcher_reuses_the_server_it_spawned(fake_stage: Stage) 
     assert record_file.stat().st_mode & 0o777 == 0o600, "it holds the server's password"
     drop(stage.spool, "crash.json", manifest(*[task(f"t{i}", "[sim: work 3]") for i in range(3)]))
     run_dir = the_run(stage.spool)
-    wait_for(
-        lambda: all(states(run_dir).get(f"t{i}") == "pending" and record(run_dir, f"t{i}").get("session_id")
-                    for i in range(3)),
-        timeout=30,
-    )  # fmt: skip
+    wait_for(lambda: in_session(run_dir, *(f"t{i}" for i in range(3))), timeout=30)
     server = stage.server()
     first.kill9()
     assert running(server.pid, server.started)
@@ -567,10 +517,15 @@ def _spawn_fake(binary: str, password: str) -> tuple[subprocess.Popen[bytes], st
         env={**os.environ, "OPENCODE_SERVER_PASSWORD": password},
         start_new_session=True,
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    proc.stdout.close()  # the reader is gone, as after SIGKILL
-    assert "opencode server listening on " in line, line
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        proc.stdout.close()  # the reader is gone, as after SIGKILL
+        assert "opencode server listening on " in line, line
+    except BaseException:
+        kill_group(proc.pid)  # the caller's cleanup never gets the pid: stop it here
+        proc.wait(timeout=10)
+        raise
     return proc, line.rsplit(" ", 1)[1].strip()
 
 
@@ -641,11 +596,7 @@ def test_fake_server_that_dies_is_restarted_and_the_run_completes(fake_stage: St
     watcher = stage.watch()
     drop(stage.spool, "die.json", manifest(*[task(f"t{i}", "[sim: work 2]") for i in range(2)]))
     run_dir = the_run(stage.spool)
-    wait_for(
-        lambda: all(states(run_dir).get(f"t{i}") == "pending" and record(run_dir, f"t{i}").get("session_id")
-                    for i in range(2)),
-        timeout=30,
-    )  # fmt: skip
+    wait_for(lambda: in_session(run_dir, *(f"t{i}" for i in range(2))), timeout=30)
     old = stage.server()
     os.kill(old.pid, signal.SIGKILL)
     new = wait_for(lambda: (r := stage.server()).pid != old.pid and r, timeout=20)

@@ -12,67 +12,37 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2ekit import (
-    Proc,
+    HOOK,
     drop,
+    hook_record,
+    in_session,
     journal,
     manifest,
     max_concurrent_pending,
-    occoord_argv,
     record,
     sim_sessions,
     sim_status,
-    start_simulator,
     start_watcher,
     states,
     summary,
+    task,
     the_run,
     wait_state,
 )
-from spoolkit import wait_for
+from support.processes import Proc, occoord_argv, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool"
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[str]:
-    proc, url = start_simulator(tmp_path)
-    yield url
-    proc.stop()
-
-
-@pytest.fixture
-def watcher(spool: Path, workdir: Path, simulator: str) -> Iterator[Proc]:
-    proc = start_watcher(spool, workdir, server=simulator)
-    yield proc
-    assert proc.stop() == 0, proc.output()
-
-
-def task(task_id: str, prompt: str, **more: object) -> dict[str, object]:
-    return {"id": task_id, "prompt": prompt, **more}
-
-
 def test_dependencies_outcomes_results_and_summary(
-    spool: Path, simulator: str, watcher: Proc, workdir: Path
+    spool_dir: Path, simulator: str, watcher: Proc, workdir: Path
 ) -> None:
     drop(
-        spool,
+        spool_dir,
         "plan.json",
         manifest(
             task("a", "build it [sim: work 0.2] [sim: signal done]"),
@@ -81,7 +51,7 @@ def test_dependencies_outcomes_results_and_summary(
             task("d", "never starts", depends_on=["c"]),
         ),
     )
-    run_dir = the_run(spool)
+    run_dir = the_run(spool_dir)
     verdict = summary(run_dir)
     assert states(run_dir) == {"a": "done", "b": "done", "c": "failed", "d": "failed"}
     assert verdict["ok"] is False
@@ -101,20 +71,20 @@ def test_dependencies_outcomes_results_and_summary(
     assert {t["task"]: t["state"] for t in verdict["tasks"]} == states(run_dir)
 
 
-def test_concurrency_and_global_session_limit(spool: Path, simulator: str, workdir: Path) -> None:
-    proc = start_watcher(spool, workdir, "--max-sessions", "3", server=simulator)
+def test_concurrency_and_global_session_limit(spool_dir: Path, simulator: str, workdir: Path) -> None:
+    proc = start_watcher(spool_dir, workdir, "--max-sessions", "3", server=simulator)
     try:
         drop(
-            spool,
+            spool_dir,
             "one.json",
             manifest(*[task(f"t{i}", "[sim: work 0.4]") for i in range(6)], concurrency=2, name="one"),
         )
         drop(
-            spool,
+            spool_dir,
             "two.json",
             manifest(*[task(f"u{i}", "[sim: work 0.4]") for i in range(6)], concurrency=4, name="two"),
         )
-        run_dirs = wait_for(lambda: (r := sorted((spool / "runs").glob("2*"))) and len(r) == 2 and r)
+        run_dirs = wait_for(lambda: (r := sorted((spool_dir / "runs").glob("2*"))) and len(r) == 2 and r)
         for run_dir in run_dirs:
             assert summary(run_dir)["ok"] is True
         assert max_concurrent_pending(run_dirs) <= 3
@@ -125,22 +95,20 @@ def test_concurrency_and_global_session_limit(spool: Path, simulator: str, workd
 
 
 def test_outside_signals_by_mv_touch_and_cli(
-    spool: Path, simulator: str, watcher: Proc, workdir: Path
+    spool_dir: Path, simulator: str, watcher: Proc, workdir: Path
 ) -> None:
     drop(
-        spool,
+        spool_dir,
         "hang.json",
         manifest(task("mv", "[sim: hang]"), task("touch", "[sim: hang]"), task("cli", "[sim: hang]")),
     )
-    run_dir = the_run(spool)
+    run_dir = the_run(spool_dir)
     tasks = run_dir / "tasks"
-    for name in ("mv", "touch", "cli"):
-        wait_state(run_dir, name, "pending")
-    wait_for(lambda: all(record(run_dir, t).get("session_id") for t in ("mv", "touch", "cli")))
+    wait_for(lambda: in_session(run_dir, "mv", "touch", "cli"), timeout=30)
     os.rename(tasks / "mv.pending", tasks / "mv.done")
     (tasks / "touch.failed").touch()
     subprocess.run(
-        occoord_argv("signal", "--spool", str(spool), run_dir.name, "cli", "done", "-m", "by hand"),
+        occoord_argv("signal", "--spool", str(spool_dir), run_dir.name, "cli", "done", "-m", "by hand"),
         check=True,
         capture_output=True,
     )
@@ -155,9 +123,9 @@ def test_outside_signals_by_mv_touch_and_cli(
     )  # aborted after the grace
 
 
-def test_retryable_errors_are_retried_with_backoff_then_fail(spool: Path, watcher: Proc) -> None:
-    drop(spool, "flaky.json", manifest(task("flaky", "[sim: error APIError retryable]", retries=2)))
-    run_dir = the_run(spool)
+def test_retryable_errors_are_retried_with_backoff_then_fail(spool_dir: Path, watcher: Proc) -> None:
+    drop(spool_dir, "flaky.json", manifest(task("flaky", "[sim: error APIError retryable]", retries=2)))
+    run_dir = the_run(spool_dir)
     summary(run_dir)
     rec = record(run_dir, "flaky")
     assert rec["state"] == "failed"
@@ -167,15 +135,17 @@ def test_retryable_errors_are_retried_with_backoff_then_fail(spool: Path, watche
     assert len(retries) == 2 and all(e["reason"].startswith("retry") for e in retries)
 
 
-def test_timeouts_never_started_and_wall_clock(spool: Path, simulator: str, workdir: Path) -> None:
-    proc = start_watcher(spool, workdir, "--start-timeout", "0.5", "--task-timeout", "1.5", server=simulator)
+def test_timeouts_never_started_and_wall_clock(spool_dir: Path, simulator: str, workdir: Path) -> None:
+    proc = start_watcher(
+        spool_dir, workdir, "--start-timeout", "0.5", "--task-timeout", "1.5", server=simulator
+    )
     try:
         drop(
-            spool,
+            spool_dir,
             "slow.json",
             manifest(task("nostart", "[sim: nostart]", retries=1), task("hang", "[sim: hang]", retries=0)),
         )
-        run_dir = the_run(spool)
+        run_dir = the_run(spool_dir)
         summary(run_dir)
         nostart, hang = record(run_dir, "nostart"), record(run_dir, "hang")
         assert nostart["state"] == "failed" and "never started" in nostart["reason"]
@@ -186,13 +156,13 @@ def test_timeouts_never_started_and_wall_clock(spool: Path, simulator: str, work
         assert proc.stop() == 0
 
 
-def test_cancel_and_retry(spool: Path, simulator: str, watcher: Proc, workdir: Path) -> None:
-    drop(spool, "c.json", manifest(task("long", "[sim: hang]"), task("after", "x", depends_on=["long"])))
-    run_dir = the_run(spool)
-    wait_for(lambda: states(run_dir).get("long") == "pending" and record(run_dir, "long").get("session_id"))
+def test_cancel_and_retry(spool_dir: Path, simulator: str, watcher: Proc, workdir: Path) -> None:
+    drop(spool_dir, "c.json", manifest(task("long", "[sim: hang]"), task("after", "x", depends_on=["long"])))
+    run_dir = the_run(spool_dir)
+    wait_for(lambda: in_session(run_dir, "long"))
     session = record(run_dir, "long")["session_id"]
     subprocess.run(
-        occoord_argv("cancel", "--spool", str(spool), run_dir.name), check=True, capture_output=True
+        occoord_argv("cancel", "--spool", str(spool_dir), run_dir.name), check=True, capture_output=True
     )
     summary(run_dir)
     assert record(run_dir, "long")["reason"] == "cancelled"
@@ -202,59 +172,52 @@ def test_cancel_and_retry(spool: Path, simulator: str, watcher: Proc, workdir: P
     assert not (run_dir / "cancel").exists(), "the request is consumed"
     # Retry every failed task from the shell: the run becomes active again.
     out = subprocess.run(
-        occoord_argv("retry", "--spool", str(spool), run_dir.name), check=True, capture_output=True, text=True
+        occoord_argv("retry", "--spool", str(spool_dir), run_dir.name),
+        check=True,
+        capture_output=True,
+        text=True,
     )
     assert "long: queued" in out.stdout and "after: queued" in out.stdout
     wait_for(lambda: states(run_dir) == {"long": "pending", "after": "queued"})
     assert not (run_dir / "summary.json").exists(), "a running run has no verdict"
 
 
-def test_bad_manifest_rejected_with_reason_and_watcher_goes_on(spool: Path, watcher: Proc) -> None:
-    bad = spool / "incoming" / "bad.json"
+def test_bad_manifest_rejected_with_reason_and_watcher_goes_on(spool_dir: Path, watcher: Proc) -> None:
+    bad = spool_dir / "incoming" / "bad.json"
     bad.write_text('{"version": 1, "tasks": [{"id": "a", "prompt": "x", "depends_on": ["zz"]}]}')
-    wait_for(lambda: list((spool / "rejected").glob("*bad.json.error")), timeout=20)
-    error = next((spool / "rejected").glob("*bad.json.error")).read_text()
+    wait_for(lambda: list((spool_dir / "rejected").glob("*bad.json.error")), timeout=20)
+    error = next((spool_dir / "rejected").glob("*bad.json.error")).read_text()
     assert "tasks[0].depends_on" in error and "zz" in error
-    drop(spool, "good.json", manifest(task("ok", "[sim: work 0.05]")))
-    assert summary(the_run(spool))["ok"] is True
+    drop(spool_dir, "good.json", manifest(task("ok", "[sim: work 0.05]")))
+    assert summary(the_run(spool_dir))["ok"] is True
 
 
-def test_partial_copy_is_accepted_once_complete(spool: Path, watcher: Proc) -> None:
+def test_partial_copy_is_accepted_once_complete(spool_dir: Path, watcher: Proc) -> None:
     """The writer pauses longer than --settle-seconds mid-file: the open file is waited for."""
     text = json.dumps(manifest(task("slowly", "written slowly [sim: work 0.05]"), name="slow"))
-    target = spool / "incoming" / "slow.json"
+    target = spool_dir / "incoming" / "slow.json"
     with open(target, "w") as fh:  # a slow writer: half now, the rest after more than the settle time
         fh.write(text[: len(text) // 2])
         fh.flush()
         time.sleep(1.0)
         fh.write(text[len(text) // 2 :])
-    run_dir = the_run(spool)
+    run_dir = the_run(spool_dir)
     assert summary(run_dir)["ok"] is True
-    assert not list((spool / "rejected").iterdir())
+    assert not list((spool_dir / "rejected").iterdir())
 
 
 def test_kill_9_mid_run_resumes_without_duplicate_sessions(
-    spool: Path, simulator: str, workdir: Path
+    spool_dir: Path, simulator: str, workdir: Path
 ) -> None:
     tasks = [task(f"t{i}", "[sim: work 2.5]") for i in range(4)] + [
         task("last", "[sim: work 0.1]", depends_on=["t0"])
     ]
-    first = start_watcher(spool, workdir, server=simulator, name="first")
-    drop(spool, "crash.json", manifest(*tasks, concurrency=4))
-    run_dir = the_run(spool)
-    wait_for(
-        lambda: (
-            all(
-                record(run_dir, f"t{i}").get("session_id")
-                for i in range(4)
-                if states(run_dir).get(f"t{i}") == "pending"
-            )
-            and sum(s == "pending" for s in states(run_dir).values()) == 4
-        ),
-        timeout=20,
-    )
+    first = start_watcher(spool_dir, workdir, server=simulator, name="first")
+    drop(spool_dir, "crash.json", manifest(*tasks, concurrency=4))
+    run_dir = the_run(spool_dir)
+    wait_for(lambda: in_session(run_dir, "t0", "t1", "t2", "t3"), timeout=20)
     first.kill9()
-    second = start_watcher(spool, workdir, server=simulator, name="second")
+    second = start_watcher(spool_dir, workdir, server=simulator, name="second")
     try:
         verdict = summary(run_dir)
         assert verdict["ok"] is True, states(run_dir)
@@ -265,72 +228,52 @@ def test_kill_9_mid_run_resumes_without_duplicate_sessions(
     assert all(record(run_dir, t["id"])["attempt"] == 1 for t in tasks)
 
 
-def test_second_watcher_is_a_standby_and_takes_over(spool: Path, simulator: str, workdir: Path) -> None:
-    first = start_watcher(spool, workdir, server=simulator, name="first")
+def test_second_watcher_is_a_standby_and_takes_over(spool_dir: Path, simulator: str, workdir: Path) -> None:
+    first = start_watcher(spool_dir, workdir, server=simulator, name="first")
     try:
-        second = start_watcher(spool, workdir, server=simulator, name="second", ready="standby")
+        second = start_watcher(spool_dir, workdir, server=simulator, name="second", ready="standby")
         try:
             first.kill9()
-            drop(spool, "later.json", manifest(task("x", "[sim: work 0.05]")))
-            assert summary(the_run(spool))["ok"] is True
+            drop(spool_dir, "later.json", manifest(task("x", "[sim: work 0.05]")))
+            assert summary(the_run(spool_dir))["ok"] is True
         finally:
             second.stop()
     finally:
         first.stop()
 
 
-def test_run_command_in_the_foreground(tmp_path: Path, workdir: Path) -> None:
+def test_run_command_in_the_foreground(tmp_path: Path, spool_dir: Path, workdir: Path) -> None:
     path = tmp_path / "m.json"
+
+    def occoord_run(*options: str) -> subprocess.CompletedProcess[str]:
+        argv = occoord_argv("run", "--spool", str(spool_dir), *options, str(path))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
     path.write_text(
         json.dumps(
             manifest(task("one", "[sim: work 0.05]"), task("two", "[sim: reply fine]", depends_on=["one"]))
         )
     )
-    spool = tmp_path / "spool"
-    done = subprocess.run(
-        occoord_argv("run", "--spool", str(spool), "--simulate", "--workdir", str(workdir), str(path)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = occoord_run("--simulate", "--workdir", str(workdir))
     assert done.returncode == 0, done.stderr
     assert "two: queued -> pending" in done.stdout and ": done" in done.stdout
     path.write_text(json.dumps(manifest(task("bad", "[sim: error APIError fatal]"))))
-    failed = subprocess.run(
-        occoord_argv("run", "--spool", str(spool), "--simulate", "--workdir", str(workdir), str(path)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    failed = occoord_run("--simulate", "--workdir", str(workdir))
     assert failed.returncode == 1, failed.stderr
-    dry = subprocess.run(
-        occoord_argv("run", "--dry-run", "--spool", str(spool), str(path)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    dry = occoord_run("--dry-run")
     assert dry.returncode == 0 and "level 0: bad" in dry.stdout and "occoord signal" in dry.stdout
-    shutil.rmtree(spool)
-
-
-HOOK = """
-import json, os, sys
-facts = {k: v for k, v in os.environ.items() if k.startswith("OCCOORD_")}
-name = facts.get("OCCOORD_TASK", "run")
-with open(os.path.join(sys.argv[1], name + ".json"), "w") as fh:
-    json.dump(facts, fh)
-"""
+    shutil.rmtree(spool_dir)
 
 
 def test_hooks_get_the_facts_in_environment_variables_only(
-    spool: Path, watcher: Proc, tmp_path: Path
+    spool_dir: Path, watcher: Proc, tmp_path: Path
 ) -> None:
     out = tmp_path / "hooks"
     out.mkdir()
     hook = [sys.executable, "-c", HOOK, str(out)]
     hostile = "'; touch INJECTED; echo $(id) `id` #"
     drop(
-        spool,
+        spool_dir,
         "hooks.json",
         manifest(
             task("quick", "[sim: work 0.05] [sim: reply fine]"),
@@ -338,37 +281,40 @@ def test_hooks_get_the_facts_in_environment_variables_only(
             hooks={"on_task_end": hook, "on_run_end": hook},
         ),
     )
-    run_dir = the_run(spool)
+    run_dir = the_run(spool_dir)
     wait_state(run_dir, "waits", "pending")
     subprocess.run(
-        occoord_argv("signal", "--spool", str(spool), run_dir.name, "waits", "failed", "-m", hostile),
+        occoord_argv("signal", "--spool", str(spool_dir), run_dir.name, "waits", "failed", "-m", hostile),
         check=True,
         capture_output=True,
     )
     summary(run_dir)
-    wait_for(lambda: (out / "run.json").exists() and (out / "waits.json").exists(), timeout=20)
-    waits = json.loads((out / "waits.json").read_text())
+    # Each hook replaces its file whole (see HOOK): a file that exists is complete.
+    wait_for(lambda: all((out / f"{n}.json").exists() for n in ("quick", "waits", "run")), timeout=20)
+    waits = hook_record(out, "waits")["env"]
     assert waits["OCCOORD_REASON"] == hostile, "the value arrives verbatim, not interpreted"
     assert waits["OCCOORD_STATE"] == "failed" and waits["OCCOORD_RUN"] == run_dir.name
-    quick = json.loads((out / "quick.json").read_text())
+    quick = hook_record(out, "quick")["env"]
     assert quick["OCCOORD_STATE"] == "done" and quick["OCCOORD_SESSION_ID"].startswith("ses_")
-    run = json.loads((out / "run.json").read_text())
+    run = hook_record(out, "run")["env"]
     assert run["OCCOORD_STATE"] == "failed" and run["OCCOORD_SUMMARY"] == str(run_dir / "summary.json")
     assert not list(tmp_path.rglob("INJECTED")) and not Path("INJECTED").exists()
 
 
 def test_a_run_requeued_while_no_watcher_runs_resumes_at_start(
-    spool: Path, simulator: str, workdir: Path
+    spool_dir: Path, simulator: str, workdir: Path
 ) -> None:
-    first = start_watcher(spool, workdir, server=simulator, name="first")
+    first = start_watcher(spool_dir, workdir, server=simulator, name="first")
     drop(
-        spool, "again.json", manifest(task("x", "[sim: error APIError fatal]"), task("y", "[sim: work 0.05]"))
+        spool_dir,
+        "again.json",
+        manifest(task("x", "[sim: error APIError fatal]"), task("y", "[sim: work 0.05]")),
     )
-    run_dir = the_run(spool)
+    run_dir = the_run(spool_dir)
     assert summary(run_dir)["ok"] is False
     assert first.stop() == 0
     os.rename(run_dir / "tasks" / "x.failed", run_dir / "tasks" / "x.queued")  # by hand, nobody watching
-    second = start_watcher(spool, workdir, server=simulator, name="second")
+    second = start_watcher(spool_dir, workdir, server=simulator, name="second")
     try:
         wait_for(
             lambda: record(run_dir, "x")["attempt"] == 2 and states(run_dir)["x"] == "failed", timeout=30
@@ -378,9 +324,9 @@ def test_a_run_requeued_while_no_watcher_runs_resumes_at_start(
         assert second.stop() == 0
 
 
-def test_a_cancel_request_for_a_finished_run_is_consumed(spool: Path, watcher: Proc) -> None:
-    drop(spool, "done.json", manifest(task("x", "[sim: work 0.05]")))
-    run_dir = the_run(spool)
+def test_a_cancel_request_for_a_finished_run_is_consumed(spool_dir: Path, watcher: Proc) -> None:
+    drop(spool_dir, "done.json", manifest(task("x", "[sim: work 0.05]")))
+    run_dir = the_run(spool_dir)
     assert summary(run_dir)["ok"] is True
     (run_dir / "cancel").touch()
     wait_for(lambda: not (run_dir / "cancel").exists(), timeout=15)

@@ -13,13 +13,13 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2ekit import Proc, manifest, start_simulator, start_watcher, states, summary
-from spoolkit import wait_for
+from e2ekit import drop, manifest, start_watcher, states, summary, the_run
+from support.processes import wait_for
 
 from occoord.spool.accept import accept_file
 from occoord.spool.layout import Spool
@@ -257,31 +257,21 @@ def rejected_by_name(spool: Path) -> dict[bytes, tuple[bytes, bytes]]:
     return out
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
-    sim, url = start_simulator(tmp_path)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    yield tmp_path / "spool", workdir, url
-    sim.stop()
-
-
-def test_hostile_entries_all_at_once(world: tuple[Path, Path, str], tmp_path: Path) -> None:
-    spool, workdir, url = world
+def test_hostile_entries_all_at_once(spool_dir: Path, workdir: Path, simulator: str, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    watcher: Proc = start_watcher(spool, workdir, server=url)
+    watcher = start_watcher(spool_dir, workdir, server=simulator)
     try:
         pid = watcher.pid
-        cases = Cases(spool / "incoming", outside, workdir).all()
+        cases = Cases(spool_dir / "incoming", outside, workdir).all()
         assert len(cases) >= 40
         for case in cases:  # in one go
             case.make(case.name)
         files = {c.name: c for c in cases if c.reasons is not None}
         left = {c.name for c in cases if c.reasons is None}
 
-        wait_for(lambda: len(rejected_by_name(spool)) >= len(files), timeout=60, interval=0.1)
-        rejected = rejected_by_name(spool)
+        wait_for(lambda: len(rejected_by_name(spool_dir)) >= len(files), timeout=60, interval=0.1)
+        rejected = rejected_by_name(spool_dir)
         problems = []
         for name, case in files.items():
             if name not in rejected:
@@ -302,9 +292,9 @@ def test_hostile_entries_all_at_once(world: tuple[Path, Path, str], tmp_path: Pa
         assert "caf" in rejected[b"caf\xe9-latin1-name.json"][1].decode("utf-8", "replace")
 
         # Non-regular entries are left where they are, each with a log line.
-        incoming = set(os.listdir(os.fsencode(spool / "incoming")))
+        incoming = set(os.listdir(os.fsencode(spool_dir / "incoming")))
         assert incoming == left
-        assert stat.S_ISFIFO(os.lstat(spool / "incoming" / "fifo.json").st_mode)
+        assert stat.S_ISFIFO(os.lstat(spool_dir / "incoming" / "fifo.json").st_mode)
         log = watcher.output()
         for name in left:
             wait_for(lambda n=name: f"incoming/{n.decode()} is not a regular file" in watcher.output())  # type: ignore[misc]
@@ -312,20 +302,19 @@ def test_hostile_entries_all_at_once(world: tuple[Path, Path, str], tmp_path: Pa
         # Nothing ran, nothing escaped, no run was made of any of it.
         assert not (outside / "PWNED").exists()
         assert not list(tmp_path.rglob("PWNED2")) and not Path("PWNED2").exists()
-        assert not list((spool / "runs").iterdir())
+        assert not list((spool_dir / "runs").iterdir())
         assert "Traceback" not in log
 
         # The watcher is the same process, and still works.
         assert watcher.popen.poll() is None and watcher.pid == pid
         assert watcher.output().count("occoord: watching") == 1
-        good = manifest({"id": "after", "prompt": "[sim: work 0.05]"}, name="after")
-        (spool / "incoming" / "after.json").write_text(json.dumps(good))
-        run_dir = Path(wait_for(lambda: next(iter((spool / "runs").glob("2*-after")), None), timeout=30))
+        drop(spool_dir, "after.json", manifest({"id": "after", "prompt": "[sim: work 0.05]"}, name="after"))
+        run_dir = the_run(spool_dir, "after", timeout=30)
         assert summary(run_dir)["ok"] is True and states(run_dir) == {"after": "done"}
         assert watcher.popen.poll() is None and watcher.pid == pid
     finally:
         assert watcher.stop() == 0, watcher.output()[-3000:]
-        for big in (spool / "rejected").glob("*huge*"):
+        for big in (spool_dir / "rejected").glob("*huge*"):
             big.unlink()
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2ekit import FAST, Proc, manifest, occoord_argv, summary
-from spoolkit import wait_for
+from e2ekit import FAST, HOOK, hook_record, manifest, summary, the_run
+from support.processes import Proc, occoord_argv, wait_for, watch_argv
 
 from occoord.cli.main import main as occoord_main
 from occoord.opencode.server import OpenCodeServer
@@ -46,15 +46,6 @@ args = sys.argv[1:]
 host, port = args[args.index("--hostname") + 1], args[args.index("--port") + 1]
 code = "import sys; from occoord.sim.simulator import main; main(int(sys.argv[2]), sys.argv[1])"
 os.execv(sys.executable, [sys.executable, "-c", code, host, port])
-"""
-
-# A hook that writes down everything it received: its argv and its whole environment.
-HOOK = """
-import json, os, sys
-out, rest = sys.argv[1], sys.argv[2:]
-name = os.environ.get("OCCOORD_TASK", "run")
-with open(os.path.join(out, name + ".json"), "w") as fh:
-    json.dump({"argv": rest, "env": dict(os.environ)}, fh)
 """
 
 HOSTILE_REASON = 'x\'; touch PWN1; echo $(touch PWN2) `touch PWN3` "$HOME" && rm -rf ./nothing #'
@@ -126,14 +117,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     fake.parent.mkdir()
     fake.write_text(FAKE_OPENCODE.format(python=sys.executable, record=str(record)))
     fake.chmod(0o755)
-    argv = occoord_argv(
-        "-v", "watch", "--spool", str(sc.spool), "--workdir", str(workdir), *FAST, "--opencode-bin", str(fake)
-    )
+    argv = watch_argv(sc.spool, workdir, *FAST, "--opencode-bin", str(fake))
+    # Nothing of the caller's OpenCode or occoord settings (a server password, a spool) may leak in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCODE_", "OCCOORD_"))}
-    watcher = Proc(["sh", "-c", 'umask 000; exec "$@"', "sh", *argv], root / "watch.log", env=env)
+    umask = ["sh", "-c", 'umask 000; exec "$@"', "sh"]
+    watcher = Proc([*umask, *argv], root / "watch.log", env=env, inherit=False)
     try:
-        wait_for(lambda: "occoord: watching" in watcher.output() or watcher.popen.poll() is not None, 30)
-        assert watcher.popen.poll() is None, watcher.output()
+        watcher.ready(timeout=30)
         started = json.loads(record.read_text().splitlines()[0])
         sc.fake_argv, sc.server_pid = started["argv"], started["pid"]
         sc.server_cmdline = proc_cmdline(sc.server_pid)
@@ -156,7 +146,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         )
         (sc.spool / "incoming" / HOSTILE_FILE).write_text(json.dumps(doc))
         (sc.spool / "incoming" / "bad.json").write_text("{not json")
-        sc.run_dir = Path(wait_for(lambda: next(iter((sc.spool / "runs").glob("2*")), None), timeout=20))
+        sc.run_dir = the_run(sc.spool)
         signal = occoord_argv("signal", "--spool", str(sc.spool), sc.run_dir.name)
         wait_for(lambda: (sc.run_dir / "tasks" / "blocker.pending").exists(), timeout=20)
         subprocess.run([*signal, "victim", "failed", "-m", HOSTILE_REASON], check=True, capture_output=True)
@@ -271,13 +261,13 @@ def test_server_log_is_private(scenario: Scenario) -> None:
 
 
 def test_hooks_get_data_only_through_the_environment(scenario: Scenario) -> None:
-    victim = json.loads((scenario.hooks / "victim.json").read_text())
+    victim = hook_record(scenario.hooks, "victim")
     # The values arrive verbatim in the environment ...
     assert victim["env"]["OCCOORD_REASON"] == HOSTILE_REASON
     assert victim["env"]["OCCOORD_TASK"] == "victim" and victim["env"]["OCCOORD_STATE"] == "failed"
     # ... and the argv is the manifest's, word for word: nothing expanded, nothing run.
     assert victim["argv"] == ["$OCCOORD_REASON", "`touch PWN6`", "$(touch PWN7)"]
-    ran = json.loads((scenario.hooks / "run.json").read_text())
+    ran = hook_record(scenario.hooks, "run")
     assert ran["argv"] == ["$OCCOORD_RUN;touch", "PWN8"], "a string hook is split into words, not run by sh"
     assert ran["env"]["OCCOORD_RUN"] == scenario.run_dir.name
     for n in range(1, 9):

@@ -8,57 +8,27 @@ a small HTTP proxy between the watcher and the simulator (tests/support/faultpro
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2ekit import (
-    LISTENING,
-    Proc,
+    drop_atomically,
     manifest,
-    occoord_argv,
     record,
     sim_sessions,
     sim_status,
-    start_simulator,
     start_watcher,
     states,
+    the_run,
 )
-from spoolkit import wait_for
 from support.faultproxy import FaultProxy
+from support.processes import Proc, free_port, start_simulator, wait_for
 
 pytestmark = pytest.mark.slow
 
 TERMINAL = ("done", "failed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def simulator_on(port: int, log: Path) -> Proc:
-    proc = Proc(occoord_argv("simulate", "--port", str(port)), log)
-    wait_for(lambda: LISTENING.search(proc.output()) or proc.popen.poll() is not None, timeout=30)
-    if proc.popen.poll() is not None:
-        raise AssertionError(f"simulator did not start:\n{proc.output()}")
-    return proc
-
-
-def drop(spool: Path, name: str, doc: dict[str, object]) -> None:
-    """Atomically, like `occoord submit`: the watcher takes it at once."""
-    import json
-
-    staging = spool / "tmp" / f".{name}.tmp"
-    staging.write_text(json.dumps(doc))
-    staging.rename(spool / "incoming" / name)
-
-
-def run_named(spool: Path, stem: str, timeout: float = 20.0) -> Path:
-    return Path(wait_for(lambda: next(iter((spool / "runs").glob(f"2*-{stem}")), None), timeout=timeout))
 
 
 def all_terminal(run_dir: Path, count: int) -> bool:
@@ -85,25 +55,6 @@ def titles_unique(url: str, workdir: Path) -> list[str]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool"
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[str]:
-    proc, url = start_simulator(tmp_path)
-    yield url
-    proc.stop()
-
-
-@pytest.fixture
 def proxy(simulator: str) -> Iterator[FaultProxy]:
     fp = FaultProxy(simulator)
     fp.start()
@@ -111,48 +62,47 @@ def proxy(simulator: str) -> Iterator[FaultProxy]:
     fp.stop()
 
 
-def watch(spool: Path, workdir: Path, url: str, *extra: str) -> Proc:
-    return start_watcher(spool, workdir, *extra, server=url)
+def watch(spool_dir: Path, workdir: Path, url: str, *extra: str) -> Proc:
+    return start_watcher(spool_dir, workdir, *extra, server=url)
 
 
 # ---------------------------------------------------------------------------- the server dies
 
 
 def test_dead_server_is_noticed_within_5s_and_nothing_is_lost_while_it_is_away(
-    spool: Path, workdir: Path, tmp_path: Path
+    spool_dir: Path, workdir: Path, tmp_path: Path
 ) -> None:
     """SIGKILL with turns running: the watcher says so at once. Running turns that go silent fail by
     their retry policy, but a server that cannot be reached is not a task's failure: work waits in
     the queue (with backoff) and runs once the server is back."""
     port = free_port()
-    sim = simulator_on(port, tmp_path / "sim.log")
-    url = LISTENING.search(sim.output()).group(1)  # type: ignore[union-attr]
-    watcher = watch(spool, workdir, url, "--idle-timeout", "3", "--start-timeout", "3")
+    sim, url = start_simulator(tmp_path / "sim.log", port)
+    watcher = watch(spool_dir, workdir, url, "--idle-timeout", "3", "--start-timeout", "3")
     back = None
     try:
-        drop(
-            spool,
+        drop_atomically(
+            spool_dir,
             "busy.json",
             manifest(
                 *[{"id": f"b{i}", "prompt": "[sim: hang]", "retries": 1} for i in range(2)], name="busy"
             ),
         )
-        busy = run_named(spool, "busy")
+        busy = the_run(spool_dir, "busy")
         wait_for(lambda: len(sim_status(url, workdir)) == 2, timeout=20)
         mark = len(watcher.output())
         sim.kill9()
         killed = time.monotonic()
         wait_for(lambda: "event stream" in watcher.output()[mark:], timeout=5, interval=0.05)
         assert time.monotonic() - killed < 5
-        drop(
-            spool,
+        drop_atomically(
+            spool_dir,
             "later.json",
             manifest({"id": "l0", "prompt": "[sim: work 0.05]", "retries": 0}, name="later"),
         )
-        later = run_named(spool, "later")
+        later = the_run(spool_dir, "later")
         wait_for(lambda: "server unreachable" in record(later, "l0")["reason"], timeout=20, interval=0.1)
         assert states(later)["l0"] in ("queued", "pending"), "not failed: it never ran"
-        back = simulator_on(port, tmp_path / "sim2.log")
+        back, _ = start_simulator(tmp_path / "sim2.log", port)
         wait_for(lambda: states(later).get("l0") == "done", timeout=60, interval=0.1)
         assert record(later, "l0")["details"].get("failures", 0) == 0
         wait_for(lambda: all_terminal(busy, 2), timeout=60, interval=0.1)
@@ -171,28 +121,27 @@ def test_dead_server_is_noticed_within_5s_and_nothing_is_lost_while_it_is_away(
 
 
 def test_server_restarted_on_the_same_port_resumes_lost_turns_promptly(
-    spool: Path, workdir: Path, tmp_path: Path
+    spool_dir: Path, workdir: Path, tmp_path: Path
 ) -> None:
     """SIGKILL with turns running, and a new (empty) server on the same port: the reconnect finds
     the sessions gone and their tasks start again at once, not after --idle-timeout."""
     port = free_port()
-    sim = simulator_on(port, tmp_path / "sim1.log")
-    url = f"http://127.0.0.1:{port}"
-    watcher = watch(spool, workdir, url, "--idle-timeout", "120")
+    sim, url = start_simulator(tmp_path / "sim1.log", port)
+    watcher = watch(spool_dir, workdir, url, "--idle-timeout", "120")
     second: Proc | None = None
     try:
-        drop(
-            spool,
+        drop_atomically(
+            spool_dir,
             "lost.json",
             manifest(*[{"id": f"t{i}", "prompt": "[sim: work 2.5]"} for i in range(3)], name="lost"),
         )
-        run_dir = run_named(spool, "lost")
+        run_dir = the_run(spool_dir, "lost")
         wait_for(lambda: len(sim_status(url, workdir)) == 3, timeout=20)
         time.sleep(0.5)  # the turns have begun (their first events are in)
         mark = len(watcher.output())
         sim.kill9()
         wait_for(lambda: "event stream" in watcher.output()[mark:], timeout=5, interval=0.05)
-        second = simulator_on(port, tmp_path / "sim2.log")  # same port, empty memory
+        second, _ = start_simulator(tmp_path / "sim2.log", port)  # same port, empty memory
         wait_for(lambda: all_terminal(run_dir, 3), timeout=10, interval=0.1)
         assert all(record(run_dir, t)["state"] == "done" for t in states(run_dir))
         titles_unique(url, workdir)
@@ -207,15 +156,17 @@ def test_server_restarted_on_the_same_port_resumes_lost_turns_promptly(
 
 
 def test_event_stream_cut_while_a_turn_ends_is_resynced(
-    spool: Path, workdir: Path, simulator: str, proxy: FaultProxy
+    spool_dir: Path, workdir: Path, simulator: str, proxy: FaultProxy
 ) -> None:
     """The stream drops, and stays refused while the turn ends: the reconnect's resync finds it."""
-    watcher = watch(spool, workdir, proxy.url, "--idle-timeout", "120")
+    watcher = watch(spool_dir, workdir, proxy.url, "--idle-timeout", "120")
     try:
-        drop(
-            spool, "cut.json", manifest({"id": "a", "prompt": "[sim: work 1] [sim: reply fine]"}, name="cut")
+        drop_atomically(
+            spool_dir,
+            "cut.json",
+            manifest({"id": "a", "prompt": "[sim: work 1] [sim: reply fine]"}, name="cut"),
         )
-        run_dir = run_named(spool, "cut")
+        run_dir = the_run(spool_dir, "cut")
         wait_for(lambda: len(sim_status(simulator, workdir)) == 1, timeout=20)
         refuse = proxy.drop(r"^/global/event$")
         assert proxy.cut_streams() >= 1
@@ -233,15 +184,15 @@ def test_event_stream_cut_while_a_turn_ends_is_resynced(
 
 
 def test_500s_on_session_creation_fail_by_policy_or_resume(
-    spool: Path, workdir: Path, simulator: str, proxy: FaultProxy
+    spool_dir: Path, workdir: Path, simulator: str, proxy: FaultProxy
 ) -> None:
     """Session creation answers 500 for a while: a task allowed no retry fails, saying why; a task
     with retries to spare is done once the server heals. One session per attempt, never two."""
-    watcher = watch(spool, workdir, proxy.url)
+    watcher = watch(spool_dir, workdir, proxy.url)
     try:
         broken = proxy.fail(r"^/session$", method="POST", status=500)
-        drop(
-            spool,
+        drop_atomically(
+            spool_dir,
             "five.json",
             manifest(
                 {"id": "fragile", "prompt": "[sim: work 0.05]", "retries": 0},
@@ -249,7 +200,7 @@ def test_500s_on_session_creation_fail_by_policy_or_resume(
                 name="five",
             ),
         )
-        run_dir = run_named(spool, "five")
+        run_dir = the_run(spool_dir, "five")
         wait_for(lambda: states(run_dir).get("fragile") == "failed", timeout=20)
         assert "500" in record(run_dir, "fragile")["reason"]
         wait_for(lambda: record(run_dir, "sturdy")["attempt"] >= 3, timeout=20)
@@ -264,17 +215,17 @@ def test_500s_on_session_creation_fail_by_policy_or_resume(
 
 
 def test_500s_while_reading_the_outcome_are_retried(
-    spool: Path, workdir: Path, simulator: str, proxy: FaultProxy
+    spool_dir: Path, workdir: Path, simulator: str, proxy: FaultProxy
 ) -> None:
-    watcher = watch(spool, workdir, proxy.url, "--idle-timeout", "120")
+    watcher = watch(spool_dir, workdir, proxy.url, "--idle-timeout", "120")
     try:
         broken = proxy.fail(r"/message$", method="GET", status=500)
-        drop(
-            spool,
+        drop_atomically(
+            spool_dir,
             "end.json",
             manifest({"id": "a", "prompt": "[sim: work 0.3] [sim: reply fine]"}, name="end"),
         )
-        run_dir = run_named(spool, "end")
+        run_dir = the_run(spool_dir, "end")
         # Wait until the watcher has given up reading them: no new request for 3 s.
         wait_for(lambda: "cannot read the session's messages" in watcher.output(), timeout=20)
         quiet_for(lambda: proxy.count(r"/message$"), 2.0, timeout=30)
@@ -286,15 +237,17 @@ def test_500s_while_reading_the_outcome_are_retried(
 
 
 def test_hanging_server_does_not_freeze_the_spool(
-    spool: Path, workdir: Path, simulator: str, proxy: FaultProxy
+    spool_dir: Path, workdir: Path, simulator: str, proxy: FaultProxy
 ) -> None:
-    watcher = watch(spool, workdir, proxy.url)
+    watcher = watch(spool_dir, workdir, proxy.url)
     stuck = proxy.hang(r"/message$", method="GET")
     try:
-        drop(spool, "slow.json", manifest({"id": "a", "prompt": "[sim: work 0.2]"}, name="slow"))
+        drop_atomically(
+            spool_dir, "slow.json", manifest({"id": "a", "prompt": "[sim: work 0.2]"}, name="slow")
+        )
         wait_for(lambda: proxy.count(r"/message$", outcome="hung") >= 1, timeout=20)
-        drop(spool, "meanwhile.json", manifest({"id": "b", "prompt": "x"}, name="meanwhile"))
-        run_named(spool, "meanwhile", timeout=5)  # accepting needs no server at all
+        drop_atomically(spool_dir, "meanwhile.json", manifest({"id": "b", "prompt": "x"}, name="meanwhile"))
+        the_run(spool_dir, "meanwhile", timeout=5)  # accepting needs no server at all
     finally:
         proxy.clear(stuck)
         watcher.stop()
