@@ -1,16 +1,14 @@
 """occoord: run many OpenCode agent tasks in parallel, with a spool directory as the interface.
 
-The package is layered; each layer only imports the ones below it:
+The package is layered; each layer imports only the ones below it (docs/ARCHITECTURE.md; enforced
+by the import-linter contracts in pyproject.toml):
 
-- ``errors``, ``state``, ``names``, ``fsutil``, ``manifest*``, ``journal`` -- data, the file-name
-  grammar, filesystem primitives
-- ``taskfiles``, ``reconcile``, ``spool``, ``accept``, ``recovery``, ``requeue``, ``cancel``,
-  ``status``, ``summary`` -- the directory protocol (manifests in, task state files, crash repair)
-- ``opencode`` -- the HTTP client, event stream, outcomes, permission policy, server process and
-  simulator (knows no spool)
-- ``watcher``, ``runstate``, ``attempts``, ``prompting``, ``hooks``, ``endings``, ``sessions``,
-  ``coordinator``, ``service`` -- the running job
-- ``cli``, ``cli_common``, ``cli_run``, ``plan``, ``follow`` -- the command line
+- ``cli`` -- the command line and everything it prints
+- ``engine`` -- the running job: the coordinator loop, attempts, dispatch, settling, wiring
+- ``spool`` -- the directory protocol (docs/PROTOCOL.md); ``opencode`` -- the server's client and
+  process; ``sim`` -- the OpenCode simulator. None of the three knows the others.
+- ``manifest`` -- manifests v1: model, checks, parsing, schema
+- ``errors``, ``fsutil``, ``backoff`` -- shared by all
 """
 
 __version__ = "0.1.0"

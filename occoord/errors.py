@@ -14,11 +14,14 @@ __all__ = [
     "ApiError",
     "ConfigError",
     "IllegalTransition",
+    "Locked",
     "ManifestError",
     "ManifestProblem",
     "NotFound",
     "OccoordError",
+    "RequestRejected",
     "ServerUnavailable",
+    "SessionBusy",
     "SpoolError",
     "TransitionConflict",
 ]
@@ -71,6 +74,15 @@ class NotFound(SpoolError):
     """A run or task named by the user does not exist in the spool."""
 
 
+class Locked(SpoolError):
+    """A spool or run lock that another process (a script's ``flock``) holds for longer than the
+    caller may wait; try again later."""
+
+    def __init__(self, path: str, waited: float) -> None:
+        super().__init__(path, f"locked by another process (waited {waited:g} s)")
+        self.waited = waited
+
+
 class IllegalTransition(OccoordError):
     """A state change the transition table does not allow (e.g. ``done -> pending``)."""
 
@@ -114,15 +126,23 @@ class ConfigError(OccoordError):
 class ServerUnavailable(OccoordError):
     """The OpenCode server cannot be reached, did not start, or stopped answering."""
 
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, url: str, reason: str, status: int | None = None, *, sent: bool | None = None) -> None:
         super().__init__(url, reason)
         self.url = url
         self.reason = reason
         self.status = status  # the 5xx it kept answering; None when it could not be reached at all
+        # False: the request certainly never reached the server (no connection was made). Otherwise
+        # it may have been acted on although no answer came back (a read timeout, a reset).
+        self.sent = sent
 
     @property
     def unreachable(self) -> bool:
         return self.status is None
+
+    @property
+    def maybe_delivered(self) -> bool:
+        """No answer came, but the request may have been acted on (a read timeout, a reset)."""
+        return self.status is None and self.sent is not False
 
     def __str__(self) -> str:
         return f"OpenCode server {self.url}: {self.reason}"
@@ -146,3 +166,27 @@ class ApiError(OccoordError):
     def __str__(self) -> str:
         what = f"{self.name}: {self.message}" if self.name else self.message
         return f"{self.method} {self.path} -> {self.status} {what}".rstrip()
+
+
+class RequestRejected(OccoordError):
+    """A request that cannot be sent as it stands (a value no URL or JSON body can carry); no
+    retry can fix it."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(what, reason)
+        self.what = what
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.reason}"
+
+
+class SessionBusy(OccoordError):
+    """A session is still busy after it was told to stop."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} is still busy after an abort"

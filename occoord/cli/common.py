@@ -1,4 +1,4 @@
-"""Options and helpers shared by the command modules (``cli`` and ``cli_run``)."""
+"""Options and helpers shared by the command modules (``main`` and ``running``)."""
 
 from __future__ import annotations
 

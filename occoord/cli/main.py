@@ -128,7 +128,12 @@ def accept(spool_dir: Path, wait_settle: bool) -> None:
 @click.argument("state", type=click.Choice(["done", "failed", "queued"]))
 @click.option("--message", "-m", default="", help="Why (kept in the task file and events.jsonl).")
 def signal(spool_dir: Path, run_id: str, task: str, state: str, message: str) -> None:
-    """Signal a task's outcome (done/failed) or requeue it: the same as `mv T.pending T.done`."""
+    """Signal a task's outcome or requeue it: the same as `mv T.pending T.done`.
+
+    STATE is done or failed for a task that is queued or pending, or queued for a finished (done
+    or failed) task, which runs again. A pending task cannot be requeued directly (its session may
+    still run): signal it failed first, or `occoord cancel` it.
+    """
     spool = open_spool(spool_dir, create=False)
     record = spool.run(run_id).signal(task, TaskState(state), message)
     click.echo(f"{run_id}/{task}: {record.state}")

@@ -16,15 +16,21 @@ def dependency_levels(manifest: Manifest) -> list[list[str]]:
     The manifest is already known to be acyclic (the parser rejects cycles)."""
     level: dict[str, int] = {}
     specs = {t.id: t for t in manifest.tasks}
-
-    def depth(task: str) -> int:
-        if task not in level:
-            deps = specs[task].depends_on
-            level[task] = 1 + max((depth(d) for d in deps), default=-1)
-        return level[task]
-
     for spec in manifest.tasks:
-        depth(spec.id)
+        # Depth first with an explicit stack: a chain of thousands listed dependents-first would
+        # overflow Python's recursion limit.
+        stack = [spec.id]
+        while stack:
+            task = stack[-1]
+            if task in level:
+                stack.pop()
+                continue
+            missing = [d for d in specs[task].depends_on if d not in level]
+            if missing:
+                stack.extend(missing)
+                continue
+            level[task] = 1 + max((level[d] for d in specs[task].depends_on), default=-1)
+            stack.pop()
     out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
     for spec in manifest.tasks:
         out[level[spec.id]].append(spec.id)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from occoord.opencode.models import ErrorInfo
 from occoord.opencode.outcome import TurnOutcome
 
 __all__ = [
@@ -41,6 +42,8 @@ class Attempt:
     settling: bool = False  # an outcome is being decided: ignore further events and timeouts
     cancel_reason: str | None = None
     rereading: bool = False  # reading the ended turn failed; a timer reads it again
+    error: ErrorInfo | None = None  # a session.error the server sent for this session
+    provider_retries: int = 0  # session.status "retry": the provider failed, OpenCode retries
 
     @property
     def key(self) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from occoord.engine.attempts import Attempt, AttemptTable
 from occoord.engine.hooks import run_facts, run_hook, task_facts
 from occoord.engine.ports import Clock, Scheduler
 from occoord.engine.runs import ActiveRun
-from occoord.errors import SpoolError, TransitionConflict
+from occoord.errors import Locked, SpoolError, TransitionConflict
 from occoord.manifest.model import Manifest
 from occoord.spool.journal import Event, append_event, iso
 from occoord.spool.layout import Spool
@@ -83,6 +83,8 @@ class RunBook:
                 run.tasks.reconcile()
             active = ActiveRun(run)
             self._unblock(active)
+        except Locked:
+            raise  # a script holds its lock: not broken, loaded again later
         except (SpoolError, OSError) as exc:
             log.error("run %s cannot be loaded (left alone until restart): %s", run_id, exc)
             self.broken.add(run_id)

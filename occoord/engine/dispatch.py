@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Re-attaching to a server that is not back yet: 0.5 s, 1 s, 2 s, ... at most 30 s apart.
 REATTACH_BACKOFF = Backoff(base=0.5, cap=30.0)
+# Looking again after a request whose answer was lost: 1 s, 2 s, ... at most 30 s apart.
+START_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,18 @@ class Dispatcher:
         self.table.add(attempt)
         return attempt
 
-    async def start(self, active: ActiveRun, attempt: Attempt, *, find_existing: bool) -> None:
+    async def start(
+        self, active: ActiveRun, attempt: Attempt, *, find_existing: bool, tries: int = 0
+    ) -> None:
         """Create (or find again) the attempt's session and prompt it, exactly once.
 
-        A session that already has messages was prompted before a crash: it is never prompted
-        twice; if it has gone idle meanwhile its turn is classified now.
+        A session that already holds the prompt was prompted before (a crash, or a reply that got
+        lost): it is never prompted twice; if it has gone idle meanwhile its turn is classified now.
         """
         spec = active.specs[attempt.task]
         try:
             session_id = attempt.session_id
-            if session_id is None and find_existing:
+            if session_id is None and (find_existing or tries > 0):
                 found = await self.client.find_sessions(attempt.directory, attempt.title)
                 session_id = found[0].id if found else None
             prompted = False
@@ -132,12 +136,12 @@ class Dispatcher:
                 )
                 session_id = session.id
             else:
-                prompted = bool(await self.client.messages(session_id, attempt.directory))
-            if not self.table.current(attempt):
+                messages = await self.client.messages(session_id, attempt.directory)
+                prompted = any(m.role == "user" for m in messages)
+            if not self.table.current(attempt) or attempt.settling:
                 return  # decided meanwhile (signalled, cancelled, timed out)
             self.table.bind(attempt, session_id)
-            # Not fsynced: after a crash the session is found again by its title.
-            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, session_id=session_id)
+            self._record_session(active, attempt, session_id)
             if not prompted:
                 text = build_prompt(
                     spec, spool_root=self.book.spool.root, run_id=active.id, tasks_dir=active.run.tasks.dir
@@ -153,15 +157,53 @@ class Dispatcher:
                 attempt.began = True
             attempt.last_activity = self.clock.monotonic()
             log.info("%s: attempt %d in session %s", attempt.label, attempt.attempt, session_id)
-        except OccoordError as exc:
-            if self.table.current(attempt):
-                await self.settler.settle(
-                    attempt,
-                    None,
-                    f"could not start the session: {exc}",
-                    retryable=True,
-                    unreachable=isinstance(exc, ServerUnavailable) and exc.unreachable,
+        except ServerUnavailable as exc:
+            if not self.table.current(attempt) or attempt.settling:
+                return
+            if exc.maybe_delivered:
+                # The request may have been acted on although its answer was lost: a session may
+                # exist, the prompt may be running. Never start a second one: look again (by
+                # title, by its messages) after a backoff, holding the slot. The start timeout
+                # still applies, and stopping waits until the session is seen stopped.
+                delay = START_BACKOFF.delay(tries + 1)
+                log.warning(
+                    "%s: no answer from the server (looking again in %.1f s): %s", attempt.label, delay, exc
                 )
+                self.scheduler.call_at(
+                    self.clock.monotonic() + delay,
+                    lambda: self.scheduler.spawn(
+                        self.start(active, attempt, find_existing=True, tries=tries + 1)
+                    ),
+                )
+                return
+            # Never sent (no connection), or answered with a 5xx: nothing started on the server.
+            await self.settler.settle(
+                attempt,
+                None,
+                f"could not start the session: {exc}",
+                retryable=True,
+                unreachable=exc.unreachable,
+            )
+        except ApiError as exc:
+            if self.table.current(attempt):
+                # The server said no; a client error (a bad agent or model) will say no again.
+                retryable = exc.status >= 500 or exc.status in (408, 409, 429)
+                await self.settler.settle(
+                    attempt, None, f"could not start the session: {exc}", retryable=retryable
+                )
+        except Exception as exc:  # anything else is a value no request can carry: fail, never strand
+            if self.table.current(attempt):
+                log.exception("%s: cannot start the session", attempt.label)
+                reason = f"could not start the session: {type(exc).__name__}: {exc}"
+                await self.settler.settle(attempt, None, reason, retryable=False)
+
+    def _record_session(self, active: ActiveRun, attempt: Attempt, session_id: str) -> None:
+        # Not fsynced, and a failure is only logged: after a crash the session is found again by
+        # its title, so the record is a shortcut, not the truth.
+        try:
+            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, session_id=session_id)
+        except (OccoordError, OSError) as exc:
+            log.warning("%s: cannot record session %s: %s", attempt.label, session_id, exc)
 
     def permissions(self) -> list[dict[str, str]] | None:
         if not self.settings.agent_permissions:

@@ -8,8 +8,10 @@ runs without a shell, with a timeout; its output goes to the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,15 +38,17 @@ async def run_hook(argv: Sequence[str], facts: Mapping[str, str], *, timeout: fl
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an argument no exec can carry (a NUL)
         log.error("hook %s could not start: %s", argv[0], exc)
         return None
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
+        # The hook leads its own process group (start_new_session): kill what it started too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        log.error("hook %s timed out after %.0f s and was killed", argv[0], timeout)
+        log.error("hook %s timed out after %.0f s and was killed with its process group", argv[0], timeout)
         return None
     text = out.decode("utf-8", "replace").strip()
     if proc.returncode:

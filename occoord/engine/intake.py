@@ -45,6 +45,7 @@ class Intake:
         self.accepted = accepted  # called with each new run's id and its plan
         self.unsettled: dict[Path, float] = {}  # path -> when it was last seen changing
         self.writing: set[Path] = set()  # written to and not yet closed (a `cp` in progress)
+        self.problems: dict[Path, str] = {}  # files that cannot be accepted yet, and why
 
     def hint(self, hint: Hint) -> None:
         if hint.path is None:
@@ -70,8 +71,10 @@ class Intake:
             # Left where it is, and looked at again one quiet period later (the disk may have room
             # by then); the watcher keeps serving everything else.
             log.error("cannot accept %s yet: %s", path.name, exc)
+            self.problems[path] = f"cannot accept incoming/{path.name} yet: {exc}"
             self.unsettled[path] = self.clock.monotonic()
             return
+        self.problems.pop(path, None)
         if outcome.kind == "not_ready":
             self.unsettled.setdefault(path, self.clock.monotonic())
             return
@@ -99,5 +102,6 @@ class Intake:
             elif not path.exists():
                 self.unsettled.pop(path, None)
                 self.writing.discard(path)
+                self.problems.pop(path, None)
             else:
                 self.unsettled[path] = now  # still changing: look again one quiet period later

@@ -24,11 +24,12 @@ from occoord.engine.book import BookSettings, RunBook
 from occoord.engine.dispatch import Dispatcher, DispatchSettings
 from occoord.engine.intake import Intake, IntakeSettings
 from occoord.engine.ports import Clock, JobScheduler, OpenCodePort, SystemClock
+from occoord.engine.report import WatcherReport
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler, SettleSettings
 from occoord.engine.stream import EventRouter
 from occoord.engine.watcher import Hint
-from occoord.errors import OccoordError
+from occoord.errors import Locked, OccoordError
 from occoord.manifest.model import Manifest
 from occoord.spool.layout import Spool
 from occoord.spool.recovery import recover
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 # Items handled per turn of the loop before deadlines are looked at again: a steady flood of
 # events must not starve dispatch and timeouts.
 BATCH = 256
+# The longest the loop waits for a lock a script holds (flock runs/RUN/.lock cmd); past it, the
+# work is tried again later and every other run goes on meanwhile.
+LOCK_WAIT = 0.05
+LOCKED_AGAIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class CoordinatorConfig:
     open_writer_seconds: float = 60.0
     hook_timeout: float = 60.0
     signal_grace: float = 30.0  # a session still busy this long after its task was signalled is aborted
+    provider_retries: int = 5  # provider retries in one turn before the turn is stopped (retryable)
     server_version: str = ""
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
@@ -75,7 +81,8 @@ class Coordinator:
         clock: Clock | None = None,
         scheduler: JobScheduler | None = None,
     ) -> None:
-        self.spool = spool
+        self.spool = spool.waiting_at_most(LOCK_WAIT)
+        spool = self.spool
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.scheduler = scheduler or JobScheduler()
@@ -91,7 +98,12 @@ class Coordinator:
             listener=self,
         )
         self.settler = Settler(
-            client, self.book, self.table, self.clock, self.scheduler, SettleSettings(config.signal_grace)
+            client,
+            self.book,
+            self.table,
+            self.clock,
+            self.scheduler,
+            SettleSettings(config.signal_grace, config.provider_retries),
         )
         self.dispatcher = Dispatcher(
             client,
@@ -114,6 +126,7 @@ class Coordinator:
             IntakeSettings(config.settle_seconds, config.open_writer_seconds),
             accepted=lambda run_id, plan: self._accepted(run_id, plan),
         )
+        self.report = WatcherReport(spool.root, self.clock, server_version=config.server_version)
         self._next_rescan = 0.0
         self._waiting: dict[tuple[str, str], float] = {}  # queued tasks held by not_before
 
@@ -190,6 +203,9 @@ class Coordinator:
                 self.handle_hint(item)
             else:
                 self.router.handle(item)
+        except Locked as exc:
+            log.info("%s; again in %.1f s", exc, LOCKED_AGAIN)
+            self.scheduler.call_at(self.clock.monotonic() + LOCKED_AGAIN, lambda: self.post(item))
         except (OccoordError, OSError) as exc:
             log.error("while handling %r: %s", item, exc)
 
@@ -213,17 +229,31 @@ class Coordinator:
         self.intake.scan()
         for run_id in self.spool.run_ids():
             active = self.book.runs.get(run_id)
-            if active is not None:
-                if active.run.tasks.reconcile():
-                    active.refresh()
-            elif not self.spool.looks_finished(run_id):
-                self.book.activate(run_id)  # unfinished, or requeued (or repaired) while we were away
+            try:
+                if active is not None:
+                    if active.run.tasks.reconcile():
+                        active.refresh()
+                elif not self.spool.looks_finished(run_id):
+                    self.book.activate(run_id)  # unfinished, or requeued (or repaired) while we were away
+            except Locked as exc:
+                log.info("rescan: %s", exc)
+                self._next_rescan = min(self._next_rescan, self.clock.monotonic() + LOCKED_AGAIN)
         for active in list(self.book.runs.values()):
-            self.settler.check_cancel(active)
-            for task, dep in active.blocked_by_failure():
-                self.book.fail_queued(active, task, f"dependency {dep} failed")
-            if active.finished():
-                self.book.run_finished(active)
+            try:
+                self.settler.check_cancel(active)
+                for task, dep in active.blocked_by_failure():
+                    self.book.fail_queued(active, task, f"dependency {dep} failed")
+                if active.finished():
+                    self.book.run_finished(active)
+            except Locked as exc:
+                log.info("rescan: %s", exc)
+                self._next_rescan = min(self._next_rescan, self.clock.monotonic() + LOCKED_AGAIN)
+
+    def problems(self) -> dict[str, str]:
+        """What keeps failing right now, for ``occoord status``."""
+        found = {f"{run}/{task}": what for (run, task), what in self.settler.problems.items()}
+        found.update({f"incoming/{path.name}": what for path, what in self.intake.problems.items()})
+        return found
 
     # -- deadlines and scheduling --------------------------------------------------------------
 
@@ -243,6 +273,7 @@ class Coordinator:
             self.scheduler.run_due(now)
             self.settler.check_timeouts(now)
             self.schedule()
+            self.report.update(self.problems())
         except (OccoordError, OSError) as exc:
             # The next deadline brings us back; nothing a file holds may stop the loop.
             log.error("coordinator tick: %s", exc)
@@ -256,25 +287,36 @@ class Coordinator:
         now = self.clock.monotonic()
         self._waiting = {key: when for key, when in self._waiting.items() if when > now}
         for active in list(self.book.runs.values()):
-            room = min(free, active.run.manifest.concurrency - self.table.running_in(active.id))
-            if room <= 0 or not active.ready:
-                continue
-            for task in list(active.ready):
-                if room <= 0:
-                    break
-                key = (active.id, task)
-                if key in self._waiting:
-                    continue
-                record = active.run.tasks.read(task)
-                if record is None or record.state is not TaskState.QUEUED:
-                    self.book.observe(active.id, task)  # changed behind our back: one path for all
-                    continue
-                wait_until = self.book.not_before(record)
-                if wait_until is not None:
-                    self._waiting[key] = wait_until
-                    continue
-                if self.dispatcher.dispatch(active, record):
-                    room -= 1
-                    free -= 1
+            try:
+                free -= self._dispatch_ready(active, free, now)
+            except Locked as exc:
+                log.info("%s: %s; again in %.1f s", active.id, exc, LOCKED_AGAIN)
+                self.scheduler.call_at(now + LOCKED_AGAIN, _wake)
             if free <= 0:
                 return
+
+    def _dispatch_ready(self, active: ActiveRun, free: int, now: float) -> int:
+        """Dispatch ready tasks of one run within its room and ``free``; how many were started."""
+        room = min(free, active.run.manifest.concurrency - self.table.running_in(active.id))
+        started = 0
+        for task in list(active.ready):
+            if started >= room:
+                break
+            key = (active.id, task)
+            if key in self._waiting:
+                continue
+            record = active.run.tasks.read(task)
+            if record is None or record.state is not TaskState.QUEUED:
+                self.book.observe(active.id, task)  # changed behind our back: one path for all
+                continue
+            wait_until = self.book.not_before(record)
+            if wait_until is not None:
+                self._waiting[key] = wait_until
+                continue
+            if self.dispatcher.dispatch(active, record):
+                started += 1
+        return started
+
+
+def _wake() -> None:
+    """A timer that only wakes the loop."""

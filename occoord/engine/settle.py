@@ -12,24 +12,30 @@ from occoord.engine.attempts import Attempt, AttemptTable, FailurePolicy, outcom
 from occoord.engine.book import RunBook
 from occoord.engine.ports import Clock, OpenCodePort, Scheduler
 from occoord.engine.runs import ActiveRun
-from occoord.errors import ApiError, OccoordError
+from occoord.errors import ApiError, OccoordError, SessionBusy, SpoolError
 from occoord.fsutil import atomic_write
-from occoord.opencode.outcome import TurnOutcome, classify
+from occoord.opencode.models import ErrorInfo
+from occoord.opencode.outcome import ABORTED_ERROR, TurnOutcome, classify
 from occoord.spool.cancel import pending_cancels
 from occoord.spool.states import TaskState
 
-__all__ = ["SettleSettings", "Settler"]
+__all__ = ["SettleSettings", "Settler", "with_session_error"]
 
 log = logging.getLogger(__name__)
 
 # Reading the messages of a turn that ended failed: again after 1 s, 2 s, ... at most 30 s apart
 # (no further event comes for an idle session, so the engine must come back by itself).
 FINISH_BACKOFF = Backoff(base=1.0, cap=30.0)
+# A failed write (disk full, EACCES): again after 1 s, 2 s, ... at most a minute apart.
+WRITE_BACKOFF = Backoff(base=1.0, cap=60.0)
+# Stopping a session the server cannot be asked about yet.
+STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 @dataclass(frozen=True)
 class SettleSettings:
     signal_grace: float  # a session still busy this long after its task was signalled is aborted
+    provider_retries: int = 5  # provider retries OpenCode may make in one turn before it is stopped
 
 
 class Settler:
@@ -48,6 +54,8 @@ class Settler:
         self.clock = clock
         self.scheduler = scheduler
         self.settings = settings
+        # Writes that keep failing, by task: what `occoord status` shows until they succeed.
+        self.problems: dict[tuple[str, str], str] = {}
 
     # -- a turn that ended ---------------------------------------------------------------------
 
@@ -77,8 +85,18 @@ class Settler:
                 lambda: self.scheduler.spawn(self.finish(attempt, tries + 1)),
             )
             return
-        outcome = classify(list(messages))
-        self.write_result(attempt, outcome)
+        outcome = with_session_error(classify(list(messages)), attempt.error)
+        try:
+            self.write_result(attempt, outcome)
+        except OSError as exc:
+            attempt.settling = False
+            attempt.rereading = True
+            delay = WRITE_BACKOFF.delay(tries + 1)
+            log.error("%s: cannot save the result (again in %.0f s): %s", attempt.label, delay, exc)
+            self.scheduler.call_at(
+                self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
+            )
+            return
         if attempt.cancel_reason:
             await self.settle(attempt, outcome, attempt.cancel_reason, retryable=False)
         elif outcome.kind == "done":
@@ -111,9 +129,42 @@ class Settler:
         retryable: bool,
         done: bool = False,
         unreachable: bool = False,
+        tries: int = 0,
     ) -> None:
+        """Record the attempt's outcome; the attempt keeps its slot until that is written."""
         attempt.settling = True
+        try:
+            self._record(attempt, outcome, reason, retryable=retryable, done=done, unreachable=unreachable)
+        except (OSError, SpoolError) as exc:
+            # Disk full, EACCES, a run lock held too long: nothing is lost, the attempt stays
+            # registered (settling: no events, no timeouts) and the write is tried again.
+            delay = WRITE_BACKOFF.delay(tries + 1)
+            log.error("%s: cannot record the outcome (again in %.0f s): %s", attempt.label, delay, exc)
+            self.problems[attempt.key] = f"cannot record the outcome of {attempt.label}: {exc}"
+            again = self.settle(
+                attempt,
+                outcome,
+                reason,
+                retryable=retryable,
+                done=done,
+                unreachable=unreachable,
+                tries=tries + 1,
+            )
+            self.scheduler.call_at(self.clock.monotonic() + delay, lambda: self.scheduler.spawn(again))
+            return
+        self.problems.pop(attempt.key, None)
         self.table.drop(attempt)
+
+    def _record(
+        self,
+        attempt: Attempt,
+        outcome: TurnOutcome | None,
+        reason: str,
+        *,
+        retryable: bool,
+        done: bool,
+        unreachable: bool,
+    ) -> None:
         active = self.book.runs.get(attempt.run_id)
         if active is None:
             return
@@ -142,13 +193,28 @@ class Settler:
             )
 
     def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
+        """Keep what the agent said: ``results/T@N.md`` for attempt N, and ``results/T.md`` unless a
+        newer attempt has started (a late text never overwrites a newer attempt's)."""
         # By path, not through the active run: a signalled task's text often arrives after its run
         # has finished and left the book.
         run_dir = self.book.spool.runs / attempt.run_id
         if not outcome.text or not run_dir.is_dir():
             return
-        path = run_dir / "results" / f"{attempt.task}.md"
-        atomic_write(path, outcome.text.encode("utf-8", "replace"), durable=self.book.spool.durable)
+        data = outcome.text.encode("utf-8", "replace")
+        durable = self.book.spool.durable
+        atomic_write(run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md", data, durable=durable)
+        newest = self._newest_attempt(attempt)
+        if newest is None or newest <= attempt.attempt:
+            atomic_write(run_dir / "results" / f"{attempt.task}.md", data, durable=durable)
+
+    def _newest_attempt(self, attempt: Attempt) -> int | None:
+        active = self.book.runs.get(attempt.run_id)
+        try:
+            run = active.run if active is not None else self.book.spool.run(attempt.run_id)
+            record = run.tasks.read(attempt.task)
+        except (OccoordError, OSError):
+            return None
+        return record.attempt if record is not None else None
 
     # -- a task decided from outside -----------------------------------------------------------
 
@@ -210,17 +276,60 @@ class Settler:
         attempt.settling = True  # at once: the next tick must not stop it again
         self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable))
 
-    async def _abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool) -> None:
-        await self.abort(attempt)
+    async def _abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool, tries: int = 0) -> None:
+        try:
+            await self.silence(attempt)
+        except OccoordError as exc:
+            # Until the session is seen stopped, the task keeps this attempt (and its slot): a new
+            # attempt beside a turn that still runs would put two agents on one task.
+            delay = STOP_BACKOFF.delay(tries + 1)
+            log.warning("%s: cannot stop its session yet (again in %.0f s): %s", attempt.label, delay, exc)
+            again = self._abort_and_settle(attempt, reason, retryable, tries + 1)
+            self.scheduler.call_at(self.clock.monotonic() + delay, lambda: self.scheduler.spawn(again))
+            return
         await self.settle(attempt, None, reason, retryable=retryable)
 
+    async def silence(self, attempt: Attempt) -> None:
+        """Abort the attempt's session (found by its title if its id never came back) and see that
+        it is no longer busy. Raises OccoordError while that cannot be seen."""
+        if attempt.session_id is not None:
+            sessions = [attempt.session_id]
+        else:
+            found = await self.client.find_sessions(attempt.directory, attempt.title)
+            sessions = [s.id for s in found]
+        for session_id in sessions:
+            await self.client.abort(session_id, attempt.directory)
+        if not sessions:
+            return
+        busy = await self.client.session_status(attempt.directory)
+        for session_id in sessions:
+            if session_id in busy:
+                raise SessionBusy(session_id)
+
     async def abort(self, attempt: Attempt) -> None:
+        """Best effort (the task is decided already): abort, and log a failure."""
         if attempt.session_id is None:
             return
         try:
             await self.client.abort(attempt.session_id, attempt.directory)
         except OccoordError as exc:
             log.warning("%s: abort failed: %s", attempt.label, exc)
+
+    def provider_retrying(self, attempt: Attempt, number: int, message: str) -> None:
+        """The provider failed and OpenCode retries by itself (session.status "retry"): show it,
+        and after too many retries stop the turn instead of waiting for the idle timeout."""
+        attempt.provider_retries = max(number, attempt.provider_retries + 1)
+        shown = f"retrying (attempt {attempt.provider_retries}): {message}".strip()
+        active = self.book.runs.get(attempt.run_id)
+        if active is not None:
+            try:
+                active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, reason=shown)
+            except (OccoordError, OSError) as exc:
+                log.warning("%s: cannot record the provider retry: %s", attempt.label, exc)
+        if attempt.provider_retries > self.settings.provider_retries and not attempt.settling:
+            reason = f"the provider kept failing ({attempt.provider_retries} retries): {message}"
+            log.warning("%s: %s; stopping the turn", attempt.label, reason)
+            self.stop(attempt, reason, retryable=True)
 
     def check_cancel(self, active: ActiveRun) -> None:
         """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
@@ -237,3 +346,15 @@ class Settler:
                     else:
                         self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
             path.unlink(missing_ok=True)
+
+
+def with_session_error(outcome: TurnOutcome, error: ErrorInfo | None) -> TurnOutcome:
+    """A turn with no assistant message but a ``session.error`` failed with that error: it did not
+    merely never start (which would waste retries and lose the reason)."""
+    if outcome.kind != "not_started" or error is None:
+        return outcome
+    if error.name == ABORTED_ERROR:
+        return TurnOutcome(kind="aborted", error_name=error.name, message=error.message)
+    return TurnOutcome(
+        kind="failed", error_name=error.name, message=error.message, retryable=bool(error.retryable)
+    )

@@ -48,6 +48,11 @@ class EventRouter:
         attempt.last_activity = self.clock.monotonic()
         if _is_idle(event):
             self.scheduler.spawn(self.settler.finish(attempt))
+        elif isinstance(event, ev.SessionError):
+            attempt.error = event.error
+        elif isinstance(event, ev.SessionStatusChanged) and event.status == "retry":
+            attempt.began = True
+            self.settler.provider_retrying(attempt, event.attempt or 0, event.message or "")
         elif _shows_a_turn(event):
             attempt.began = True
 

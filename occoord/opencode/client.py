@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from occoord.backoff import Backoff
-from occoord.errors import ApiError, ServerUnavailable
+from occoord.errors import ApiError, RequestRejected, ServerUnavailable
 
 from .models import Health, Message, ModelRef, Session, SessionStatus
 
@@ -119,6 +119,10 @@ class OpenCodeClient:
         while True:
             try:
                 response = await self._http.request(method, path, params=query or None, json=json)
+            except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+                # A value that no URL or JSON body can carry (NUL, a lone surrogate): not the server's
+                # fault and not retryable; mapped here so no foreign exception leaves the client.
+                raise RequestRejected(f"{method} {path}", f"{type(exc).__name__}: {exc}") from exc
             except httpx.HTTPError as exc:
                 retry_ok = idempotent or isinstance(exc, _NOT_SENT)
                 if retry_ok and isinstance(exc, httpx.TransportError) and attempt < self._retries:
@@ -126,7 +130,7 @@ class OpenCodeClient:
                     await self._sleep(attempt, f"{method} {path}: {exc!r}")
                     continue
                 reason = f"{method} {path}: {type(exc).__name__}: {exc}".rstrip(": ")
-                raise ServerUnavailable(self.url, reason) from exc
+                raise ServerUnavailable(self.url, reason, sent=not isinstance(exc, _NOT_SENT)) from exc
             if response.status_code >= 500:
                 name, message = _error_fields(response)
                 if idempotent and attempt < self._retries:

@@ -18,7 +18,7 @@ Layout::
         events.jsonl           every transition and repair, one JSON object per line
         results/<task>.md      the agent's final answer (written by the coordinator)
 
-A task's state changes only by renaming its state file (see ``taskfiles``). Anyone may signal
+A task's state changes only by renaming its state file (see ``tasks``). Anyone may signal
 ``T.pending -> T.done|T.failed`` with ``mv`` (ideally under ``flock runs/<run>/.lock``) or
 ``occoord signal``; requeue with ``mv T.failed T.queued``. The listing is the truth.
 """
@@ -35,12 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from occoord.errors import ManifestError, NotFound, SpoolError
 from occoord.fsutil import DIR_MODE, atomic_write
 from occoord.manifest.load import manifest_from_plan
 from occoord.manifest.model import Manifest
+from occoord.spool.locking import DirLock
 from occoord.spool.names import format_run_id, is_ignored_incoming, parse_run_id
 from occoord.spool.records import TaskRecord
 from occoord.spool.states import Actor, TaskState
@@ -72,7 +71,11 @@ class Run:
                 raise SpoolError(str(self.dir / "run.json"), f"unreadable run plan: {exc}") from exc
             self._accepted_at = str(meta.get("accepted_at", ""))
         self.tasks = RunTasks(
-            self.dir, [t.id for t in self.manifest.tasks], durable=spool.durable, clock=spool.clock
+            self.dir,
+            [t.id for t in self.manifest.tasks],
+            durable=spool.durable,
+            clock=spool.clock,
+            lock_timeout=spool.lock_timeout,
         )
 
     def _meta(self) -> dict[str, Any]:
@@ -132,15 +135,22 @@ class Spool:
         *,
         durable: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lock_timeout: float | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.durable = durable
         self.clock = clock
+        # How long the spool's and each run's lock is waited for (None: for ever); past it, Locked.
+        self.lock_timeout = lock_timeout
         self.incoming = self.root / "incoming"
         self.tmp = self.root / "tmp"
         self.runs = self.root / "runs"
         self.rejected = self.root / "rejected"
-        self.lock = FileLock(self.root / ".lock", mode=0o600)
+        self.lock = DirLock(self.root / ".lock", lock_timeout)
+
+    def waiting_at_most(self, seconds: float) -> Spool:
+        """The same spool, seen by a caller that waits at most ``seconds`` for a lock."""
+        return Spool(self.root, durable=self.durable, clock=self.clock, lock_timeout=seconds)
 
     # -- layout ----------------------------------------------------------------------------
 

@@ -71,4 +71,10 @@ def check_transition(task: str, source: TaskState, target: TaskState, actor: Act
             reason = f"from {source} a task can go to {allowed}"
         raise IllegalTransition(task, source, target, reason)
     if actor not in who:
-        raise IllegalTransition(task, source, target, "only the coordinator may do this")
+        if (source, target) == (TaskState.PENDING, TaskState.QUEUED):
+            # Its session may still be running: requeueing it from outside would start a second
+            # agent beside the first.
+            reason = "its session may still run; signal it failed (or cancel it), then requeue it"
+        else:
+            reason = "only the coordinator may do this"
+        raise IllegalTransition(task, source, target, reason)

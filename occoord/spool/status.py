@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from typing import Any
 
-from occoord.spool.layout import Run
+from occoord.spool.layout import Run, Spool
 from occoord.spool.states import TaskState
 
-__all__ = ["run_summary", "task_rows"]
+__all__ = ["run_summary", "task_rows", "watcher_report"]
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -39,3 +41,25 @@ def task_rows(run: Run) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def watcher_report(spool: Spool) -> dict[str, Any] | None:
+    """``SPOOL/watcher.json`` (written by the watcher) plus whether its pid still runs; None if the
+    spool never had a watcher or the file is unreadable."""
+    try:
+        doc = json.loads((spool.root / "watcher.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pid = doc.get("pid")
+    running = False
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+            running = True
+        except ProcessLookupError:
+            running = False
+        except PermissionError:
+            running = True
+    return {**doc, "running": running}

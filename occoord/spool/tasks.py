@@ -24,13 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from occoord.errors import SpoolError, TransitionConflict
 from occoord.fsutil import atomic_write, fsync_dir
 from occoord.spool.journal import Event, append_event, iso
 from occoord.spool.reconcile import resolve_task
 from occoord.spool.records import TaskRecord
+from occoord.spool.locking import DirLock
 from occoord.spool.names import format_claim, format_state, parse_claim, parse_state
 from occoord.spool.states import TRANSITIONS, Actor, TaskState, check_transition
 
@@ -52,6 +51,7 @@ class RunTasks:
         *,
         durable: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lock_timeout: float | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.dir = run_dir / TASKS_DIR
@@ -59,7 +59,7 @@ class RunTasks:
         self.durable = durable
         self.clock = clock
         # Thread-local reentrancy lets reconcile() call helpers that lock again.
-        self.lock = FileLock(run_dir / LOCK_FILE, mode=0o600)
+        self.lock = DirLock(run_dir / LOCK_FILE, lock_timeout)
 
     # -- reading ---------------------------------------------------------------------------
 

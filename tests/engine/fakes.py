@@ -58,6 +58,7 @@ class FakeOpenCode:
         self.sessions: dict[str, FakeSession] = {}
         self.calls: list[tuple[str, ...]] = []
         self._failures: dict[str, list[BaseException]] = {}
+        self._lost: dict[str, list[BaseException]] = {}
         self._ids = itertools.count(1)
         # Called after a prompt is taken; a test may end the turn at once, for instance.
         self.on_prompt: Callable[[FakeSession, str], None] | None = None
@@ -68,9 +69,18 @@ class FakeOpenCode:
         """The next calls of ``method`` raise these, in order."""
         self._failures.setdefault(method, []).extend(errors)
 
+    def lose_reply(self, method: str, error: BaseException) -> None:
+        """The next call of ``method`` takes effect on the server, then its answer is lost."""
+        self._lost.setdefault(method, []).append(error)
+
     def _enter(self, method: str, *args: str) -> None:
         self.calls.append((method, *args))
         queue = self._failures.get(method)
+        if queue:
+            raise queue.pop(0)
+
+    def _leave(self, method: str) -> None:
+        queue = self._lost.get(method)
         if queue:
             raise queue.pop(0)
 
@@ -133,6 +143,7 @@ class FakeOpenCode:
         n = next(self._ids)
         session = FakeSession(f"ses_{n:04d}", title, directory, created_ms=n)
         self.sessions[session.id] = session
+        self._leave("create_session")
         return session.info()
 
     async def find_sessions(self, directory: str, title: str) -> Sequence[Session]:
@@ -161,6 +172,7 @@ class FakeOpenCode:
         session.busy = True
         if self.on_prompt is not None:
             self.on_prompt(session, text)
+        self._leave("prompt_async")
 
     async def messages(self, session_id: str, directory: str) -> Sequence[Message]:
         self._enter("messages", session_id, directory)
@@ -185,4 +197,5 @@ class FakeOpenCode:
             session.busy = False
             aborted = ErrorInfo("MessageAbortedError", "aborted")
             session.messages.append(self._message(session, "assistant", error=aborted, completed_ms=1))
+        self._leave("abort")
         return True

@@ -104,7 +104,8 @@ def test_a_non_retryable_error_fails_at_once(engine: Engine) -> None:
 def test_an_unreachable_server_at_dispatch_does_not_use_up_a_retry(engine: Engine) -> None:
     async def scenario(e: Engine) -> None:
         await e.start()
-        e.client.fail_next("create_session", ServerUnavailable("http://x", "connection refused"))
+        refused = ServerUnavailable("http://x", "connection refused", sent=False)
+        e.client.fail_next("create_session", refused)
         run = await e.submit(manifest(task("t", retries=0)))
         record = e.record(run, "t")
         assert record.state is TaskState.QUEUED

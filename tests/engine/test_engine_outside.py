@@ -120,3 +120,22 @@ def test_an_outside_signal_on_a_pending_task_frees_its_slot_for_the_next(make_en
         assert e.state(run, "b") is TaskState.PENDING
 
     engine.play(scenario)
+
+
+def test_a_late_text_of_an_old_attempt_never_overwrites_the_newer_attempts_result(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        old = e.session(run, "t")
+        await e.events(e.client.start_turn(old))
+        await e.signal(run, "t", TaskState.DONE, "looked done")
+        await e.signal(run, "t", TaskState.QUEUED, "not really: again")
+        new = e.session(run, "t", attempt=2)
+        await e.events(e.client.end_turn(new, text="the second answer"))
+        await e.events(e.client.end_turn(old, text="the first, late"))
+        results = e.spool.runs / run / "results"
+        assert (results / "t.md").read_text() == "the second answer"
+        assert (results / "t@2.md").read_text() == "the second answer"
+        assert (results / "t@1.md").read_text() == "the first, late"
+
+    engine.play(scenario)

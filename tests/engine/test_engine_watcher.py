@@ -78,6 +78,8 @@ def test_a_plain_copy_is_writing_until_it_is_closed(watched: tuple[Spool, Sink],
     assert mine[-1].settled
 
 
+# watchdog warns when a directory and its child appear at once (mkdir -p); harmless here.
+@pytest.mark.filterwarnings("ignore:Callback with id")
 def test_a_state_file_renamed_by_an_agent_hints_its_task(watched: tuple[Spool, Sink]) -> None:
     spool, sink = watched
     tasks = spool.runs / "20261201T120000Z-plan" / "tasks"

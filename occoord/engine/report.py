@@ -1,0 +1,55 @@
+"""``SPOOL/watcher.json``: what the running watcher wants people to know, for ``occoord status``.
+
+Written (atomically, best effort) at start and whenever its problems change: a write that keeps
+failing, a manifest that cannot be accepted yet. A full disk may keep even this file from being
+written; the log always has it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from occoord.engine.ports import Clock
+from occoord.fsutil import atomic_write
+from occoord.spool.journal import iso
+
+__all__ = ["REPORT_FILE", "WatcherReport"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "watcher.json"
+
+
+class WatcherReport:
+    def __init__(self, root: Path, clock: Clock, *, server_version: str = "") -> None:
+        self.path = root / REPORT_FILE
+        self.clock = clock
+        self.server_version = server_version
+        self.started_at = iso(clock.wall())
+        self._shown: dict[str, str] | None = None
+        self._since: dict[str, str] = {}
+
+    def update(self, problems: Mapping[str, str]) -> None:
+        current = dict(problems)
+        if current == self._shown:
+            return
+        now = iso(self.clock.wall())
+        self._since = {key: self._since.get(key, now) for key in current}
+        doc = {
+            "protocol": 1,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "server_version": self.server_version,
+            "updated_at": now,
+            "problems": [{"what": current[k], "since": self._since[k]} for k in sorted(current)],
+        }
+        try:
+            atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), durable=False)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+            return
+        self._shown = current
