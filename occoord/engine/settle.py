@@ -93,6 +93,7 @@ class Settler:
             attempt.rereading = True
             delay = WRITE_BACKOFF.delay(tries + 1)
             log.error("%s: cannot save the result (again in %.0f s): %s", attempt.label, delay, exc)
+            self.problems[attempt.key] = f"cannot save the result of {attempt.label}: {exc}"
             self.scheduler.call_at(
                 self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
             )
