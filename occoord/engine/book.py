@@ -89,6 +89,10 @@ class RunBook:
             log.error("run %s cannot be loaded (left alone until restart): %s", run_id, exc)
             self.broken.add(run_id)
             return None
+        except Exception:  # a bug must not stop every other run: this one waits for a restart
+            log.exception("run %s cannot be loaded (left alone until restart)", run_id)
+            self.broken.add(run_id)
+            return None
         if active.finished() and (run.dir / "summary.json").exists():
             self.finished.add(run_id)
             return None

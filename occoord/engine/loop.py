@@ -183,9 +183,12 @@ class Coordinator:
         self.tick()
 
     async def startup(self) -> None:
-        for repair in recover(self.spool):
-            log.warning("recovery: %s", repair)
-        self.rescan()
+        try:
+            for repair in recover(self.spool):
+                log.warning("recovery: %s", repair)
+            self.rescan()
+        except Exception:  # serve what can be served; the next rescan tries the rest again
+            log.exception("start-up scan")
         for active in list(self.book.runs.values()):
             for task, state in active.states.items():
                 if state is TaskState.PENDING:
@@ -208,6 +211,8 @@ class Coordinator:
             self.scheduler.call_at(self.clock.monotonic() + LOCKED_AGAIN, lambda: self.post(item))
         except (OccoordError, OSError) as exc:
             log.error("while handling %r: %s", item, exc)
+        except Exception:  # a bug must not stop the watcher for good: log it, serve the rest
+            log.exception("while handling %r", item)
 
     def handle_hint(self, hint: Hint) -> None:
         if hint.kind == "incoming":
@@ -233,6 +238,10 @@ class Coordinator:
                 if active is not None:
                     if active.run.tasks.reconcile():
                         active.refresh()
+                    # A change whose hint was lost (an inotify overflow) takes the same path now.
+                    for task, state in active.run.tasks.states().items():
+                        if active.states.get(task) is not state:
+                            self.book.observe(run_id, task)
                 elif not self.spool.looks_finished(run_id):
                     self.book.activate(run_id)  # unfinished, or requeued (or repaired) while we were away
             except Locked as exc:
@@ -278,6 +287,9 @@ class Coordinator:
             # The next deadline brings us back; nothing a file holds may stop the loop.
             log.error("coordinator tick: %s", exc)
             self._next_rescan = min(self._next_rescan, now + self.config.settle_seconds)
+        except Exception:
+            log.exception("coordinator tick")
+            self._next_rescan = min(self._next_rescan, now + self.config.rescan_interval)
 
     def schedule(self) -> None:
         """Dispatch ready tasks while there are free slots (global and per run)."""

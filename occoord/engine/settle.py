@@ -171,7 +171,10 @@ class Settler:
             return
         record = active.run.tasks.read(attempt.task)
         if record is None or record.state is not TaskState.PENDING or record.attempt != attempt.attempt:
-            return  # someone else (usually the agent's own signal) already decided
+            # Someone else (usually the agent's own signal) already decided: make sure the book
+            # has followed, even if that change's hint was lost.
+            self.book.observe(attempt.run_id, attempt.task)
+            return
         details = {**record.details, **(outcome_details(outcome) if outcome else {})}
         if done:
             self.book.move(active, attempt.task, TaskState.PENDING, TaskState.DONE, reason, details=details)

@@ -155,3 +155,39 @@ def test_an_error_while_dispatching_does_not_stop_the_loop(
         assert e.state(run, "t") is TaskState.PENDING
 
     engine.play(scenario)
+
+
+def test_a_run_that_cannot_be_loaded_is_left_alone_and_the_others_go_on(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        bad = await e.submit(manifest(task("a")), "bad.json")
+        (e.spool.runs / bad / "run.json").write_text("{torn")
+        e.restart()
+        await e.start()
+        assert bad in e.co.book.broken
+        good = await e.submit(manifest(task("b")), "good.json")
+        await e.events(e.client.end_turn(e.session(good, "b")))
+        assert e.state(good, "b") is TaskState.DONE
+
+    engine.play(scenario)
+
+
+def test_an_unexpected_error_in_one_hint_does_not_stop_the_loop(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        real = e.co.book.observe
+
+        def buggy(run_id: str, task_id: str) -> None:
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(e.co.book, "observe", buggy)
+        await e.signal(run, "t", TaskState.DONE)
+        monkeypatch.setattr(e.co.book, "observe", real)
+        await e.events(e.client.end_turn(e.session(run, "t")))
+        assert e.state(run, "t") is TaskState.DONE
+        assert e.summary(run) is not None
+
+    engine.play(scenario)

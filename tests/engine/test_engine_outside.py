@@ -139,3 +139,15 @@ def test_a_late_text_of_an_old_attempt_never_overwrites_the_newer_attempts_resul
         assert (results / "t@1.md").read_text() == "the first, late"
 
     engine.play(scenario)
+
+
+def test_a_signal_whose_hint_was_lost_is_found_by_the_rescan(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("a"), task("b", depends_on=["a"])))
+        e.run(run).signal("a", TaskState.DONE, "by a script")  # no hint: an inotify overflow
+        await e.advance(e.config.rescan_interval)
+        assert e.state(run, "b") is TaskState.PENDING
+        assert e.co.table.get(run, "a") is None
+
+    engine.play(scenario)
