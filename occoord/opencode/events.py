@@ -22,6 +22,8 @@ from typing import Any
 
 from httpx_sse import EventSource
 
+from occoord.backoff import Backoff
+
 from .client import OpenCodeClient
 from .models import ErrorInfo
 
@@ -258,8 +260,7 @@ class EventStream:
         # The server sends a heartbeat every ~10 s: a connection silent for much longer is hung
         # (a stalled server or a half-open TCP connection) and is dropped and reopened.
         self._silence = silence_timeout
-        self._min = reconnect_min
-        self._max = max(reconnect_max, reconnect_min)
+        self._backoff = Backoff(base=reconnect_min, cap=max(reconnect_max, reconnect_min))
         self._closed = False
         self._readers: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -284,14 +285,14 @@ class EventStream:
             await asyncio.wait({reader})
 
     async def _read_forever(self, queue: asyncio.Queue[Event | None]) -> None:
-        delay = self._min
+        failures = 0  # since the last connection that opened
         opened_before = False
         try:
             while not self._closed:
                 try:
                     async with self._client.stream() as response:
                         self.connected.set()
-                        delay = self._min
+                        failures = 0
                         if opened_before:
                             self.reconnects += 1
                             log.info("event stream reconnected to %s", self._client.url)
@@ -317,9 +318,9 @@ class EventStream:
                     log.warning("event stream from %s failed: %s", self._client.url, exc)
                 finally:
                     self.connected.clear()
+                failures += 1
                 # Jitter keeps many coordinators from reconnecting in lockstep after a restart.
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(self._max, delay * 2)
+                await asyncio.sleep(self._backoff.delay(failures) * (0.5 + random.random() / 2))
         finally:
             queue.put_nowait(None)
 
