@@ -243,7 +243,14 @@ class RunBook:
             Event(iso(self.clock.wall()), "run", reason=f"finished: {verdict}"),
             durable=self.spool.durable,
         )
-        log.info("run %s finished: %s", active.id, "ok" if summary["ok"] else "some tasks failed")
+        counts = summary.get("counts", {})
+        log.info(
+            "run %s finished: %s (%s done, %s failed)",
+            active.id,
+            "ok" if summary["ok"] else "some tasks failed",
+            counts.get("done", 0),
+            counts.get("failed", 0),
+        )
         hook = active.run.manifest.hooks.on_run_end
         if hook:
             facts = run_facts(self.spool.root, active.run.dir, ok=bool(summary["ok"]))

@@ -45,6 +45,7 @@ BATCH = 256
 # The longest the loop waits for a lock a script holds (flock runs/RUN/.lock cmd); past it, the
 # work is tried again later and every other run goes on meanwhile.
 LOCK_WAIT = 0.05
+HOLD_FILE = "hold"
 LOCKED_AGAIN = 0.5
 
 
@@ -258,6 +259,10 @@ class Coordinator:
                 log.info("rescan: %s", exc)
                 self._next_rescan = min(self._next_rescan, self.clock.monotonic() + LOCKED_AGAIN)
 
+    def held(self) -> bool:
+        """``SPOOL/hold`` stops new dispatches across the spool; running tasks go on."""
+        return (self.spool.root / HOLD_FILE).exists()
+
     def problems(self) -> dict[str, str]:
         """What keeps failing right now, for ``occoord status``."""
         found = {f"{run}/{task}": what for (run, task), what in self.settler.problems.items()}
@@ -292,9 +297,9 @@ class Coordinator:
             self._next_rescan = min(self._next_rescan, now + self.config.rescan_interval)
 
     def schedule(self) -> None:
-        """Dispatch ready tasks while there are free slots (global and per run)."""
+        """Dispatch ready tasks while there are free slots (global and per run), unless on hold."""
         free = self.config.max_sessions - len(self.table)
-        if free <= 0:
+        if free <= 0 or self.held():
             return
         now = self.clock.monotonic()
         self._waiting = {key: when for key, when in self._waiting.items() if when > now}

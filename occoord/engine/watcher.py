@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Hint:
-    """Something may have changed. ``kind``: incoming | task | run | rescan."""
+    """Something may have changed. ``kind``: incoming | task | run | hold | rescan."""
 
     kind: str
     path: Path | None = None
@@ -52,6 +52,8 @@ def _hint_for(root: Path, path: str, *, settled: bool) -> Hint | None:
     except ValueError:
         return None
     parts = rel.parts
+    if parts == ("hold",):
+        return Hint("hold")  # put on hold or resumed: the next tick dispatches (or not)
     if len(parts) == 2 and parts[0] == "incoming":
         if is_ignored_incoming(parts[1]):
             return None

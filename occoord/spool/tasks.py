@@ -136,7 +136,7 @@ class RunTasks:
                     reason,
                 )
             )
-        log.info("task %s: %s -> %s%s", task, source, target, f" ({reason})" if reason else "")
+        log.info("%s/%s: %s -> %s%s", self.run_dir.name, task, source, target, f" ({reason})" if reason else "")
         return record
 
     def update(
@@ -285,7 +285,10 @@ class RunTasks:
         kind: str = "repair",
     ) -> None:
         self._journal(Event(iso(self.clock()), kind, task, source, target, actor.value, attempt, reason))
-        log.warning("task %s: %s", task, reason)
+        # An outside writer's move (usually the agent signalling its own outcome) is the normal
+        # path; a real repair is worth a warning.
+        level = logging.INFO if kind == "transition" else logging.WARNING
+        log.log(level, "%s/%s: %s", self.run_dir.name, task, reason)
 
 
 def _value(state: TaskState | None) -> str | None:

@@ -151,3 +151,19 @@ def test_a_signal_whose_hint_was_lost_is_found_by_the_rescan(engine: Engine) -> 
         assert e.co.table.get(run, "a") is None
 
     engine.play(scenario)
+
+
+def test_a_hold_stops_new_dispatches_while_running_tasks_go_on(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("a"), task("b", depends_on=["a"])))
+        (e.spool.root / "hold").touch()
+        await e.events([Hint("hold")])
+        await e.events(e.client.end_turn(e.session(run, "a")))
+        assert e.state(run, "a") is TaskState.DONE, "the running task went on"
+        assert e.state(run, "b") is TaskState.QUEUED, "nothing new while on hold"
+        (e.spool.root / "hold").unlink()
+        await e.events([Hint("hold")])
+        assert e.state(run, "b") is TaskState.PENDING
+
+    engine.play(scenario)

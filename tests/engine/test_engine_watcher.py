@@ -98,3 +98,9 @@ def test_classify_ignores_opens_and_reads_moves_from_anywhere(tmp_path: Path) ->
     created = classify(root, FileCreatedEvent(incoming))
     assert created == [Hint("incoming", path=root / "incoming" / "a.json", writing=True)]
     assert classify(root, FileMovedEvent(incoming, str(tmp_path.parent / "x"))) == []
+
+
+def test_putting_the_spool_on_hold_wakes_the_engine(watched: tuple[Spool, Sink]) -> None:
+    spool, sink = watched
+    (spool.root / "hold").touch()
+    sink.wait(lambda hints: Hint("hold") in hints)
