@@ -5,7 +5,9 @@ Each test starts `occoord watch --opencode-bin BIN` as a process that SPAWNS the
 keeping OpenCode's default permission policy), copies a manifest into incoming/ and reads what a user
 would: state files, events.jsonl, summary.json, results/*.md, plus the scripted model's request log.
 The spawned server is found through SPOOL/server.json (pid, URL, password), which the watcher keeps
-for the next watcher. Every process is stopped by PID, orphans included.
+for the next watcher. The server outlives its watcher by design (a crash or a clean stop alike; only
+`--stop-server` stops it), so the tests stop it themselves, by PID, like every process, orphans
+included.
 
 The last section checks the server re-use after a coordinator crash with a fake `opencode` (the
 simulator behind a wrapper script): those tests need no real binary and run everywhere.
@@ -30,7 +32,15 @@ import pytest
 from e2ekit import drop, in_session, journal, manifest, record, states, summary, task, the_run, wait_state
 from support.fakemodel import FakeModel
 from support.opencode_env import opencode_env, pinned_version, require_binary
-from support.processes import Proc, kill_group, occoord_argv, proc_stat, wait_for, watch_argv
+from support.processes import (
+    Proc,
+    kill_group,
+    occoord_argv,
+    proc_stat,
+    stop_spool_server,
+    wait_for,
+    watch_argv,
+)
 
 from occoord.opencode.server import OpenCodeServer, ServerRecord, process_token
 
@@ -111,12 +121,16 @@ class Stage:
         return proc
 
     def stop(self, proc: Proc) -> None:
-        """Stop a watcher cleanly: exit code 0, its server gone with it and its record removed."""
-        pid = self.server().pid
+        """Stop a watcher cleanly (SIGTERM, exit code 0): its server outlives it, still recorded for
+        the next watcher. Then the test stops that server by PID, and nothing is left running."""
+        before = self.server()
         assert proc.stop(timeout=30, dump_stacks=True) == 0, proc.output()
-        assert not running(pid, self.servers[pid]), "a clean stop stops the spawned server"
-        assert not (self.spool / "server.json").exists()
-        assert processes_in(self.workdir) == [], "nothing the watcher started is left running"
+        assert running(before.pid, before.started), "a clean stop leaves the spawned server running"
+        assert self.server() == before, "... and its record, for the next watcher"
+        assert "leaving the OpenCode server running" in proc.output()
+        assert stop_spool_server(self.spool) == before.pid
+        assert not running(before.pid, before.started)
+        wait_for(lambda: processes_in(self.workdir) == [], timeout=10, what="nothing left in the workdir")
 
     def server(self) -> ServerRecord:
         """The spawned server, as the watcher recorded it in SPOOL/server.json."""
@@ -451,6 +465,69 @@ def test_watcher_killed_with_sigkill_resumes_on_the_same_server(stage: Stage) ->
     stage.stop(second)
 
 
+def assert_ran_once_and_never_failed(run_dir: Path, task_id: str) -> None:
+    """One attempt, no failure counted, and the journal shows accepted -> pending -> done only."""
+    rec = record(run_dir, task_id)
+    assert rec["state"] == "done" and rec["attempt"] == 1, rec
+    assert not rec["details"].get("failures") and not rec["details"].get("unreachable"), rec
+    moves = [(e.get("from"), e["to"]) for e in transitions(run_dir, task_id)]
+    assert moves == [(None, "queued"), ("queued", "pending"), ("pending", "done")], moves
+
+
+@real
+@slow
+def test_watcher_stopped_with_sigterm_resumes_on_the_same_server(stage: Stage) -> None:
+    """`systemctl restart`: SIGTERM while turns run. The server outlives the watcher with its
+    turns; the next watcher re-uses it and the tasks (no retries allowed) end done, run once."""
+    tasks = [
+        task("t0", "One.\n[model: slow 10] [model: signal done]", retries=0),
+        task("t1", "Two.\n[model: slow 10] [model: reply two is fine]", retries=0),
+    ]
+    first = stage.watch("first")
+    drop(stage.spool, "term.json", manifest(*tasks, concurrency=2))
+    run_dir = the_run(stage.spool)
+    assert stage.model is not None
+    model = stage.model
+    wait_for(
+        lambda: all(record(run_dir, t).get("session_id") and turns(model, t) for t in ("t0", "t1")),
+        timeout=TURN,
+    )
+    server = stage.server()
+    assert first.stop(timeout=30, dump_stacks=True) == 0, first.output()
+    assert "leaving the OpenCode server running" in first.output()
+    assert running(server.pid, server.started), "the spawned server died with its watcher's clean stop"
+    assert stage.server() == server, "its record stays for the next watcher"
+    assert states(run_dir) == {"t0": "pending", "t1": "pending"}, "a clean stop fails nothing"
+    busy = stage.status(stage.workdir)
+    assert all(busy.get(record(run_dir, t)["session_id"], {}).get("type") == "busy" for t in ("t0", "t1")), (
+        busy
+    )
+    second = stage.watch("second")
+    assert stage.server().pid == server.pid, "the restarted watcher re-used the running server"
+    assert "re-using" in second.output()
+    assert stage.server_log().count("starting ") == 1, "no second server was started"
+    verdict = summary(run_dir, timeout=3 * TURN)
+    assert verdict["ok"] is True, (states(run_dir), second.output()[-3000:])
+    for name in ("t0", "t1"):
+        assert_ran_once_and_never_failed(run_dir, name)
+        assert len(turns(model, name)) == 1, f"{name} was prompted more than once"
+    assert (run_dir / "results" / "t1.md").read_text().strip() == "two is fine"
+    stage.stop(second)
+
+
+@real
+@slow
+def test_watcher_with_stop_server_stops_its_server_at_exit(stage: Stage) -> None:
+    watcher = stage.watch("watch", "--stop-server")
+    drop(stage.spool, "one.json", manifest(task("one", "Answer.\n[model: reply fine]")))
+    assert summary(the_run(stage.spool), timeout=TURN)["ok"] is True
+    server = stage.server()
+    assert watcher.stop(timeout=30, dump_stacks=True) == 0, watcher.output()
+    assert not running(server.pid, server.started), "--stop-server stops the spawned server"
+    assert not (stage.spool / "server.json").exists(), "... and removes its record"
+    wait_for(lambda: processes_in(stage.workdir) == [], timeout=10, what="nothing left in the workdir")
+
+
 # ------------------------------------------------- server re-use with a fake `opencode` (no binary)
 
 
@@ -607,3 +684,66 @@ def test_fake_server_that_dies_is_restarted_and_the_run_completes(fake_stage: St
         assert rec["attempt"] == 2, "the attempt lost with the old server was started again"
     assert "died; restarting it" in watcher.output()
     stage.stop(watcher)
+
+
+@slow
+def test_fake_sigterm_keeps_the_server_and_stop_server_stops_it(fake_stage: Stage) -> None:
+    """Without the real binary: a clean stop mid-turn leaves the server (and the turns) running,
+    the next watcher re-uses it and the tasks end done at attempt 1; with --stop-server (env
+    OCCOORD_STOP_SERVER) the last watcher stops it and removes the record."""
+    stage = fake_stage
+    first = stage.watch("first")
+    drop(stage.spool, "term.json", manifest(*[task(f"t{i}", "[sim: work 3]", retries=0) for i in range(2)]))
+    run_dir = the_run(stage.spool)
+    wait_for(lambda: in_session(run_dir, "t0", "t1"), timeout=30)
+    server = stage.server()
+    assert first.stop(timeout=30) == 0, first.output()
+    assert running(server.pid, server.started) and stage.server() == server
+    assert states(run_dir) == {"t0": "pending", "t1": "pending"}
+    stage.env["OCCOORD_STOP_SERVER"] = "1"
+    second = stage.watch("second")
+    assert stage.server().pid == server.pid
+    assert summary(run_dir, timeout=60)["ok"] is True
+    for name in ("t0", "t1"):
+        assert_ran_once_and_never_failed(run_dir, name)
+    assert len(stage.sessions(stage.workdir)) == 2
+    assert second.stop(timeout=30) == 0, second.output()
+    assert not running(server.pid, server.started)
+    assert not (stage.spool / "server.json").exists()
+
+
+def _occoord_run(stage: Stage, name: str, doc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = stage.tmp / name
+    path.write_text(json.dumps(doc))
+    argv = occoord_argv(
+        "run", "--spool", str(stage.spool), "--workdir", str(stage.workdir), *REAL_OPTS,
+        "--opencode-bin", stage.binary, str(path),
+    )  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **stage.env})
+
+
+@slow
+def test_fake_occoord_run_stops_the_server_only_when_no_run_is_left_unfinished(fake_stage: Stage) -> None:
+    """`occoord run` coordinating by itself: alone in the spool, it stops the server it spawned at
+    the end; with another run unfinished (a watcher stopped with a turn still running), it leaves
+    the server running for that run's sessions."""
+    stage = fake_stage
+    alone = _occoord_run(stage, "alone.json", manifest(task("a", "[sim: work 0.2]"), name="alone"))
+    assert alone.returncode == 0, alone.stderr
+    assert not (stage.spool / "server.json").exists(), "no run left unfinished: the server was stopped"
+    assert processes_in(stage.workdir) == []
+
+    watcher = stage.watch()
+    drop(stage.spool, "long.json", manifest(task("long", "[sim: hang]"), name="long"))
+    long_run = the_run(stage.spool, "long")
+    wait_for(lambda: in_session(long_run, "long"), timeout=30)
+    server = stage.server()
+    assert watcher.stop(timeout=30) == 0, watcher.output()
+    other = _occoord_run(stage, "quick.json", manifest(task("q", "[sim: work 0.2]"), name="quick"))
+    assert other.returncode == 0, other.stderr
+    assert "re-using" in other.stderr
+    assert running(server.pid, server.started), "run 'long' is unfinished: its server stays"
+    assert stage.server() == server
+    session = record(long_run, "long")["session_id"]
+    assert stage.status(stage.workdir).get(session, {}).get("type") == "busy", "its turn still runs"
+    assert stop_spool_server(stage.spool) == server.pid

@@ -12,7 +12,7 @@ import signal as signals
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,6 +23,9 @@ from occoord.spool.accept import accept_file
 from occoord.spool.layout import Run, Spool
 from occoord.spool.states import Actor, TaskState
 from occoord.spool.submit import submit
+
+if TYPE_CHECKING:
+    from occoord.engine.service import AtExit
 
 __all__ = ["cancel", "retry", "run", "simulate", "watch"]
 
@@ -138,7 +141,9 @@ def coordinator_options(func: F) -> F:
     return func
 
 
-def build_config(spool: Spool, opts: dict[str, Any]) -> tuple[CoordinatorConfig, Any]:
+def build_config(
+    spool: Spool, opts: dict[str, Any], at_exit: AtExit = "keep"
+) -> tuple[CoordinatorConfig, Any]:
     from occoord.engine.service import ServerChoice, check_config
 
     config = CoordinatorConfig(
@@ -159,6 +164,7 @@ def build_config(spool: Spool, opts: dict[str, Any]) -> tuple[CoordinatorConfig,
         simulate=bool(opts["simulate"]),
         binary=opts["opencode_bin"],
         log_path=opts["server_log"] or spool.root / "opencode.log",
+        at_exit=at_exit,
     )
     return config, choice
 
@@ -181,17 +187,28 @@ def _dump_tasks() -> None:
 @click.command()
 @spool_option
 @coordinator_options
-def watch(spool_dir: Path, **opts: Any) -> None:
+@click.option(
+    "--stop-server",
+    is_flag=True,
+    envvar="OCCOORD_STOP_SERVER",
+    help="Stop the OpenCode server this watcher spawned (or re-used) when it exits; its running "
+    "turns end with it. (env OCCOORD_STOP_SERVER)",
+)
+def watch(spool_dir: Path, stop_server: bool, **opts: Any) -> None:
     """Serve the spool until SIGINT/SIGTERM: accept manifests, run tasks, record outcomes.
 
     One coordinator is active per spool; a second `watch` waits as a standby and takes over when the
-    first stops. Unfinished runs resume on start, re-attaching to their sessions. `kill -USR1 PID`
-    prints what it is waiting on (to stderr).
+    first stops. Unfinished runs resume on start, re-attaching to their sessions.
+
+    An OpenCode server that `watch` spawns keeps running when it exits, after SIGTERM as after a
+    crash, with its sessions and their turns; it is recorded in SPOOL/server.json and the next
+    `watch` re-uses it, so a restart loses and fails nothing. --stop-server stops it at exit instead.
+    `kill -USR1 PID` prints what the watcher is waiting on (to stderr).
     """
     from occoord.engine.service import serve
 
     spool = open_spool(spool_dir)
-    config, choice = build_config(spool, opts)
+    config, choice = build_config(spool, opts, at_exit="stop" if stop_server else "keep")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -218,7 +235,9 @@ def run(spool_dir: Path, manifest: Path, dry_run: bool, **opts: Any) -> None:
     """Submit MANIFEST and follow its run in the foreground; exit 0 if every task is done, else 1.
 
     If a coordinator (`occoord watch`) already serves the spool, the run is left to it and only
-    followed; otherwise this process coordinates until the run ends.
+    followed; otherwise this process coordinates until the run ends. An OpenCode server it spawned
+    (or re-used) is stopped at the end unless some run of the spool, this one if interrupted, is
+    unfinished: that run's sessions live on it, and the next coordinator resumes them there.
     """
     if dry_run:
         from occoord.cli.plan import format_plan
@@ -235,7 +254,7 @@ def run(spool_dir: Path, manifest: Path, dry_run: bool, **opts: Any) -> None:
         )
         return
     spool = open_spool(spool_dir)
-    config, choice = build_config(spool, opts)
+    config, choice = build_config(spool, opts, at_exit="stop_if_idle")
     target = submit(spool, manifest)
     outcome = accept_file(spool, target, settled=True)
     if outcome.kind != "accepted" or outcome.run_id is None:

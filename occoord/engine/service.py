@@ -6,10 +6,12 @@ A second ``occoord watch`` on the same spool waits as a hot standby and takes ov
 exits or dies, so two watchers never dispatch the same task twice.
 
 A server the coordinator spawns is recorded in ``SPOOL/server.json`` (pid, URL, password; mode 0600)
-while it runs. A coordinator that dies without stopping it (SIGKILL, OOM) leaves it running, with its
-sessions; the next coordinator of the spool re-uses it from that record, so pending tasks re-attach to
-their live sessions instead of starting over on a second server. A clean stop stops the server and
-removes the record.
+while it runs, and it outlives the coordinator: after a crash (SIGKILL, OOM) and after a clean stop
+(SIGTERM) alike it keeps running, with its sessions and their turns, and the next coordinator of the
+spool re-uses it from that record, so pending tasks re-attach to their live sessions instead of
+starting over on a second server: a restart loses and fails nothing. It is stopped (and the record
+removed) only as ``ServerChoice.at_exit`` says: always for ``watch --stop-server``, and for ``run``
+when no run of the spool is left unfinished, since then no session of anyone's is lost.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from occoord.engine.loop import Coordinator, CoordinatorConfig
 from occoord.engine.watcher import Hint, SpoolWatcher
@@ -36,22 +38,28 @@ from occoord.opencode.server import OpenCodeServer, ServerRecord
 from occoord.sim.simulator import Simulator
 from occoord.spool.layout import Spool
 
-__all__ = ["SERVER_FILE", "ServerChoice", "SpoolLock", "serve"]
+__all__ = ["SERVER_FILE", "AtExit", "ServerChoice", "SpoolLock", "serve"]
 
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
 
+# What becomes of a spawned server when the coordinator exits: left running for the next one
+# ("keep"), stopped ("stop"), or stopped only if no run of the spool is unfinished ("stop_if_idle").
+AtExit = Literal["keep", "stop", "stop_if_idle"]
+
 
 @dataclass(frozen=True)
 class ServerChoice:
-    """Where the OpenCode server comes from: an URL to attach to, the built-in simulator, or spawn."""
+    """Where the OpenCode server comes from: an URL to attach to, the built-in simulator, or spawn;
+    and, for a spawned one, what becomes of it when the coordinator exits."""
 
     url: str | None = None
     password: str | None = None
     simulate: bool = False
     binary: str | None = None
     log_path: Path | None = None
+    at_exit: AtExit = "keep"
 
 
 class SpoolLock:
@@ -103,12 +111,18 @@ def _settle(fut: asyncio.Future[int], fd: int) -> None:
 
 @asynccontextmanager
 async def opencode_backend(
-    choice: ServerChoice, workdir: Path, *, state_file: Path | None = None
+    choice: ServerChoice,
+    workdir: Path,
+    *,
+    state_file: Path | None = None,
+    stop_at_exit: Callable[[], bool] | None = None,
 ) -> AsyncIterator[tuple[Any, str]]:
-    """Yield (client, server version) for the chosen server, and stop what we started.
+    """Yield (client, server version) for the chosen server, and end what we started.
 
     A spawned server is recorded in ``state_file`` while it runs, and a still-running server found
-    recorded there (left by a coordinator that died) is re-used rather than started anew.
+    recorded there (left by an earlier coordinator) is re-used rather than started anew. At the end
+    it is left running with its record, unless ``stop_at_exit()`` (asked then) says to stop it; with
+    no ``state_file`` nobody could find it again, so it is stopped.
     """
     simulator = server = None
     try:
@@ -133,11 +147,38 @@ async def opencode_backend(
             await client.aclose()
     finally:
         if server is not None:
-            await server.stop()
-            if state_file is not None:
-                state_file.unlink(missing_ok=True)
+            await _end_server(server, state_file, stop_at_exit)
         if simulator is not None:
             await simulator.astop()
+
+
+async def _end_server(
+    server: OpenCodeServer, state_file: Path | None, stop_at_exit: Callable[[], bool] | None
+) -> None:
+    """Release the spawned server (its record stays for the next coordinator) or stop it."""
+    stopping = state_file is None
+    if not stopping and stop_at_exit is not None:
+        try:
+            stopping = stop_at_exit()
+        except OSError as exc:  # when in doubt keep it: a needless server costs less than lost turns
+            log.error("cannot tell whether the OpenCode server is still needed (%s); leaving it running", exc)
+    if stopping:
+        await server.stop()
+        if state_file is not None:
+            state_file.unlink(missing_ok=True)
+        return
+    kept = await server.release()
+    if kept is None:
+        assert state_file is not None
+        state_file.unlink(missing_ok=True)  # it had died: nothing to find again
+        return
+    log.warning(
+        "leaving the OpenCode server running (pid %s at %s) for the next coordinator; it is recorded "
+        "in %s (`occoord watch --stop-server` stops it at exit)",
+        kept.pid,
+        kept.url,
+        state_file,
+    )
 
 
 async def supervise(server: Any, client: Any, state_file: Path | None, retry_delay: float = 5.0) -> None:
@@ -193,7 +234,9 @@ async def serve(
     stopping.cancel()
     try:
         state_file = spool.root / SERVER_FILE
-        async with opencode_backend(choice, config.workdir, state_file=state_file) as (client, version):
+        async with opencode_backend(
+            choice, config.workdir, state_file=state_file, stop_at_exit=lambda: _stop_server(choice, spool)
+        ) as (client, version):
             config = replace(config, server_version=version)
             coordinator = Coordinator(spool, client, config)
             loop = asyncio.get_running_loop()
@@ -215,6 +258,14 @@ async def serve(
             return coordinator
     finally:
         lock.release()
+
+
+def _stop_server(choice: ServerChoice, spool: Spool) -> bool:
+    if choice.at_exit == "stop_if_idle":
+        # Unfinished runs may have live sessions on the server (another run's, or this one's when
+        # it was interrupted): they resume on it with the next coordinator.
+        return all(spool.looks_finished(run_id) for run_id in spool.run_ids())
+    return choice.at_exit == "stop"
 
 
 async def _pump(stream: Any, coordinator: Coordinator, responder: Any) -> None:

@@ -1,15 +1,17 @@
 """Facts about processes and the opencode binary that the server wing needs: where the binary is,
-whether a pid is still the process we started (pids are reused), and the record a coordinator
-leaves so that the next one can find its server again.
+whether a pid is still the process we started (pids are reused), when a process exits, and the
+record a coordinator leaves so that the next one can find its server again.
 
 The process facts come from psutil; its exceptions end here, as answers (gone, unknown), never raised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +19,15 @@ import psutil
 
 from occoord.errors import ServerUnavailable
 
-__all__ = ["MISSING_BINARY", "ServerRecord", "find_binary", "pid_exists", "process_token", "running"]
+__all__ = [
+    "MISSING_BINARY",
+    "ServerRecord",
+    "find_binary",
+    "pid_exists",
+    "process_token",
+    "running",
+    "wait_exited",
+]
 
 MISSING_BINARY = (
     "the opencode binary was not found; "
@@ -66,6 +76,32 @@ def process_token(pid: int) -> str | None:
     # set; their difference is the kernel's own count, fixed for the process's life. In ticks, as
     # /proc/PID/stat has it, so records written by earlier versions still match.
     return f"{boot}:{round((started - booted) * os.sysconf('SC_CLK_TCK'))}"
+
+
+async def wait_exited(pid: int, still_ours: Callable[[], bool]) -> None:
+    """Wait until ``pid`` exits, woken by the kernel through a pidfd (Linux 5.3+). Returns at once
+    where there is none (the caller polls), and if ``pid`` is no longer the process we mean: checked
+    after opening, as a pid reused before that would be watched instead."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    try:
+        loop.add_reader(fd, readable)
+        try:
+            if still_ours():
+                await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,21 @@
-"""Run a real ``opencode serve`` process: start it, learn its URL, watch it, restart it, stop it.
+"""Run a real ``opencode serve`` process: start it, learn its URL, watch it, restart it, stop it,
+or let it go.
 
 Why this is more than ``subprocess.Popen``: the server picks its own port and announces it on stdout,
-requests sent before that announcement can hang for minutes, its pipes must be read for its whole
-life (a full pipe would stall it), and it may leave helpers behind, so it runs in its own process
-group and is stopped group-wide. Everything it prints is kept in a log file, and the last lines are
-quoted in errors so a failed start explains itself.
+requests sent before that announcement can hang for minutes, and it may leave helpers behind, so it
+runs in its own session and process group and is stopped group-wide. It writes everything it prints
+straight into a log file (see serverlog.py: no pipe ties it to us), whose last lines are quoted in
+errors so a failed start explains itself.
 
 This module deliberately talks to ``/global/health`` with plain httpx: the client module has its own
 retry policy, which would only blur the deadlines here.
 
-A coordinator killed with SIGKILL leaves its server running (the server has its own process group, and
-it carries on, sessions and turns included, with its output pipes closed). :meth:`OpenCodeServer.record`
-describes a started server (pid, URL, password, how it was started) so that the next coordinator can
+The server outlives the coordinator that started it unless told to stop: after a SIGKILL (its own
+process group is not signalled, and it needs nothing of ours to carry on, sessions and turns
+included) and after :meth:`OpenCodeServer.release`, a clean exit that leaves it running. It is
+spawned with ``subprocess.Popen``, not asyncio's subprocess API, because asyncio's transport kills a
+still-running child when it is closed or collected. :meth:`OpenCodeServer.record` describes a
+started server (pid, URL, password, how it was started) so that the next coordinator can
 :meth:`~OpenCodeServer.adopt` it instead of starting a second server on the same data directory:
 then nothing is lost, no turn is run twice, and no two servers fight over one database.
 """
@@ -27,10 +31,10 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -42,6 +46,7 @@ from occoord.opencode.procinfo import (
     pid_exists,
     process_token,
     running,
+    wait_exited,
 )
 from occoord.opencode.serverlog import ServerOutput
 
@@ -51,11 +56,27 @@ log = logging.getLogger(__name__)
 
 _STOP_GRACE = 5.0
 _HEALTH_POLL = 0.2
+_LISTEN_POLL = 0.05  # how often the log is read for the announcement while a server starts
 _HEALTH_REQUEST_TIMEOUT = 5.0
 _ADOPT_HEALTH_DEADLINE = 10.0
 # What shapes a server beyond its binary: where it keeps its data and its configuration. A server
 # started with other values of these is not re-used (its password is compared separately).
 _FINGERPRINT_VARS = re.compile(r"^(HOME|XDG_[A-Z_]+|OPENCODE_[A-Z_]+)$")
+
+
+class _Child(subprocess.Popen[bytes]):
+    """The spawned server's process, which can be let go.
+
+    A Popen collected while its child runs warns ("still running") and queues itself to be reaped by
+    later Popen calls. A released server is meant to outlive us: once we exit it is re-parented to
+    init (or to a subreaper such as systemd) and reaped there, so collecting it does neither.
+    """
+
+    released = False
+
+    def __del__(self) -> None:
+        if not self.released:
+            super().__del__()
 
 
 class OpenCodeServer:
@@ -90,7 +111,7 @@ class OpenCodeServer:
         self.restarts = 0
         self.adopted = False  # the running server was started by a previous coordinator
         self._token: str | None = None  # process_token(pid) of the running server
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Child | None = None
         self._out = ServerOutput(log_path)
         self._lock = asyncio.Lock()
 
@@ -104,18 +125,17 @@ class OpenCodeServer:
         )
 
     def alive(self) -> bool:
-        """True while the process runs. Its death is noticed by the event loop, so this lags by a tick."""
+        """True while the process runs (and, for an adopted server, is still the one recorded)."""
         if self.adopted:
             return self.pid is not None and running(self.pid) and process_token(self.pid) == self._token
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.poll() is None  # poll() also reaps a dead child
 
     async def wait_exit(self, poll: float = 1.0) -> None:
-        """Return when the server process has exited: awaited for our child, polled (cheaply) for
-        an adopted server, which is not our child and cannot be waited for."""
-        proc = self._proc
-        if proc is not None and not self.adopted:
-            await proc.wait()
-            return
+        """Return when the server process has exited: noticed at once through a pidfd (for our
+        child and for an adopted server alike), else polled every ``poll`` seconds."""
+        pid = self.pid
+        if pid is not None and self.alive():
+            await wait_exited(pid, self.alive)
         while self.alive():
             await asyncio.sleep(poll)
 
@@ -179,10 +199,7 @@ class OpenCodeServer:
                     await self._cleanup()
                 self.url = self.version = ""
                 return False
-            self._out.note(
-                f"re-using pid {self.pid} at {self.url}, started by a previous coordinator "
-                "(its output was not captured since)"
-            )
+            self._out.note(f"re-using pid {self.pid} at {self.url}, started by a previous coordinator")
             log.warning("re-using opencode %s at %s (pid %s)", self.version, self.url, self.pid)
             return True
 
@@ -198,6 +215,22 @@ class OpenCodeServer:
         """Stop the whole process group: SIGTERM, up to 5 s grace, then SIGKILL. Safe to call twice."""
         async with self._lock:
             await self._cleanup()
+
+    async def release(self) -> ServerRecord | None:
+        """Let go of the server and leave it running, with its sessions and turns, for the next
+        coordinator to :meth:`adopt`; returns its record (None if no server was running, and then
+        whatever is left of it is cleaned up as by :meth:`stop`). This object owns nothing after."""
+        async with self._lock:
+            if not self.alive() or not self.url:
+                await self._cleanup()
+                return None
+            record = self.record()
+            if self._proc is not None:
+                self._proc.released = True
+            self._proc, self.adopted, self.pid, self._token = None, False, None, None
+            self._out.close()
+            log.info("left opencode pid %s running at %s", record.pid, record.url)
+            return record
 
     async def ensure_running(self) -> bool:
         """Restart the server if its process died; True if a (re)start happened.
@@ -223,7 +256,7 @@ class OpenCodeServer:
             return True
 
     def log_tail(self) -> str:
-        """The last lines the server printed (stdout and stderr), for error messages and diagnostics."""
+        """The last lines the server we started printed, for error messages and diagnostics."""
         return self._out.tail()
 
     # --------------------------------------------------------------- startup
@@ -243,30 +276,26 @@ class OpenCodeServer:
     async def _start_locked(self) -> str:
         binary = find_binary(self._binary_arg)
         self.url, self.version, self.pid, self.binary, self._token = "", "", None, binary, None
-        self._out.open(f"starting {binary} serve in {self.cwd}")
+        output = self._out.open(f"starting {binary} serve in {self.cwd}")
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                "serve",
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                "0",
+            # A new session: its own process group (stopped group-wide, never hit by signals meant
+            # for ours) and no controlling terminal. The output goes to the log, not to a pipe.
+            proc = _Child(
+                [binary, "serve", "--hostname", "127.0.0.1", "--port", "0"],
                 cwd=str(self.cwd),
                 env=self._child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
                 start_new_session=True,
             )
         except OSError as exc:
             self._out.close()
             raise ServerUnavailable("opencode", f"cannot run {binary}: {exc}") from exc
         self._proc, self.pid, self._token = proc, proc.pid, process_token(proc.pid)
-        listening = self._out.attach(proc)
         try:
-            self.url = await self._await_listening(binary, listening)
+            self.url = await self._await_listening(binary)
             self.version = await self._await_healthy()
         except BaseException:
             await self._cleanup()
@@ -280,31 +309,27 @@ class OpenCodeServer:
         )
         return self.url
 
-    async def _await_listening(self, binary: str, listening: asyncio.Future[str]) -> str:
+    async def _await_listening(self, binary: str) -> str:
         """Wait for the announcement line; the process exiting or the deadline passing ends the wait."""
-        assert self._proc is not None
-        exited: asyncio.Future[Any] = asyncio.ensure_future(self._proc.wait())
-        waiters: set[asyncio.Future[Any]] = {listening, exited}
-        try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.start_deadline, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            exited.cancel()
-        if listening in done:
-            return listening.result()
-        if exited in done:
-            await self._out.drain(2.0)  # so the error can quote what it printed last
-            raise ServerUnavailable(
-                "opencode",
-                f"`{binary} serve` exited with code {self._proc.returncode} before listening"
-                f"{self._out.quoted_tail()}",
-            )
-        raise ServerUnavailable(
-            "opencode",
-            f"`{binary} serve` printed no 'opencode server listening on' line within "
-            f"{self.start_deadline:g} s; killed it{self._out.quoted_tail()}",
-        )
+        deadline = time.monotonic() + self.start_deadline
+        while True:
+            exited = not self.alive()  # before reading: an exit cannot hide its last lines
+            url = self._out.scan()
+            if url is not None:
+                return url
+            if exited:
+                code = self._proc.returncode if self._proc else None
+                raise ServerUnavailable(
+                    "opencode",
+                    f"`{binary} serve` exited with code {code} before listening{self._out.quoted_tail()}",
+                )
+            if time.monotonic() >= deadline:
+                raise ServerUnavailable(
+                    "opencode",
+                    f"`{binary} serve` printed no 'opencode server listening on' line within "
+                    f"{self.start_deadline:g} s; killed it{self._out.quoted_tail()}",
+                )
+            await asyncio.sleep(_LISTEN_POLL)
 
     async def _await_healthy(self, within: float | None = None) -> str:
         """Poll /global/health until it says healthy; returns the version it reports."""
@@ -315,7 +340,6 @@ class OpenCodeServer:
         async with httpx.AsyncClient(auth=auth, timeout=_HEALTH_REQUEST_TIMEOUT, trust_env=False) as http:
             while True:
                 if not self.alive():
-                    await self._out.drain(2.0)
                     code = self._proc.returncode if self._proc else None
                     raise ServerUnavailable(
                         self.url, f"exited with code {code} before it was healthy{self._out.quoted_tail()}"
@@ -347,7 +371,7 @@ class OpenCodeServer:
             os.killpg(self.pid, sig)
 
     async def _wait_gone(self, timeout: float) -> bool:
-        """Poll until an adopted server (not our child: no wait()) has exited."""
+        """Poll until the server has exited (our child is reaped by alive()); False on timeout."""
         deadline = time.monotonic() + timeout
         while self.alive():
             if time.monotonic() >= deadline:
@@ -356,30 +380,18 @@ class OpenCodeServer:
         return True
 
     async def _cleanup(self) -> None:
-        """Kill what is left of the process group, stop the output pumps, close the log. Idempotent."""
-        if self.adopted:
-            if self.alive():
-                self._signal_group(signal.SIGTERM)
-                if not await self._wait_gone(_STOP_GRACE):
-                    log.warning("opencode pid %s ignored SIGTERM for %g s; killing", self.pid, _STOP_GRACE)
-                    self._signal_group(signal.SIGKILL)
-                    await self._wait_gone(_STOP_GRACE)
-            if self.pid is not None and not pid_exists(self.pid):
-                self._signal_group(signal.SIGKILL)  # helpers left in its group
-            self.adopted = False
-        proc = self._proc
-        if proc is not None:
-            if proc.returncode is None:
-                self._signal_group(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), _STOP_GRACE)
-                except TimeoutError:
-                    log.warning("opencode pid %s ignored SIGTERM for %g s; killing", proc.pid, _STOP_GRACE)
-                    self._signal_group(signal.SIGKILL)
-                    await proc.wait()
-            # The leader is gone; anything it spawned in its group goes too. Its pid (= the group id)
-            # is only reusable once the group is empty, so a live process with that pid means reuse.
-            if not pid_exists(proc.pid):
+        """Kill what is left of the process group and close the log. Idempotent."""
+        if self.alive():
+            self._signal_group(signal.SIGTERM)
+            if not await self._wait_gone(_STOP_GRACE):
+                log.warning("opencode pid %s ignored SIGTERM for %g s; killing", self.pid, _STOP_GRACE)
                 self._signal_group(signal.SIGKILL)
+                await self._wait_gone(_STOP_GRACE)
+        # The leader is gone; anything it spawned in its group goes too. Its pid (= the group id) is
+        # only reusable once the group is empty, so a live process with that pid means reuse. (An
+        # adopted server of unproven identity, no start time, is never signalled: adopt() saw to it.)
+        if (self.adopted or self._proc is not None) and self.pid is not None and not pid_exists(self.pid):
+            self._signal_group(signal.SIGKILL)
+        self.adopted = False
         self._proc = None
-        await self._out.detach()
+        self._out.close()

@@ -21,7 +21,7 @@ from support.opencode_env import Backend, RealServer, pinned_version
 
 from occoord.errors import ServerUnavailable
 from occoord.opencode.procinfo import pid_exists, process_token, running
-from occoord.opencode.server import MISSING_BINARY, OpenCodeServer, find_binary
+from occoord.opencode.server import MISSING_BINARY, OpenCodeServer, ServerRecord, find_binary
 
 
 def group_members(pgid: int) -> list[int]:
@@ -189,7 +189,7 @@ def fake_opencode(tmp_path: Path, body: str) -> Path:
 
 
 # A fake server: checks its arguments, serves /global/health with Basic auth on 127.0.0.1, announces
-# itself, then floods stdout/stderr (the real one is chatty; an unread pipe would block it here).
+# itself, then floods stdout/stderr (into the log file: nothing of ours has to keep up with it).
 HEALTHY = """
     import base64, json, os, sys, threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -318,11 +318,11 @@ def test_fake_server_lifecycle_with_chatty_output(tmp_path: Path) -> None:
         assert url == server.url and url.startswith("http://127.0.0.1:")
         assert server.version == "9.9.9-fake"
         assert await server.ensure_running() is False
-        # The flood must flow into the log while we wait (nobody reads the pipes but the pumps).
+        # The flood reaches the log while we wait: the server writes it there itself.
         deadline = time.monotonic() + 20
         while "noise line 19999" not in log_path.read_text() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert "[stderr] err line 19999" in log_path.read_text()
+        assert "err line 19999" in log_path.read_text()
 
         first_pid = server.pid
         assert first_pid is not None
@@ -349,3 +349,156 @@ def test_backend_answers_health_only_with_auth(backend: Backend) -> None:
     assert backend.url.startswith("http://127.0.0.1:")
     assert health(backend.url, backend.password)["healthy"] is True
     assert httpx.get(f"{backend.url}/global/health", timeout=10).status_code == 401
+
+
+# A fake server that keeps printing (a tick on stdout and on stderr every 50 ms) for as long as it
+# runs: its log shows whether it is still alive and able to write after its starter is gone.
+TICKING = """
+    import base64, json, os, sys, threading, time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    secret = os.environ["OPENCODE_SERVER_PASSWORD"].encode()
+    expected = "Basic " + base64.b64encode(b"opencode:" + secret).decode()
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == expected
+            data = json.dumps({"healthy": True, "version": "9.9.9-ticking"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    print("opencode server listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
+    n = 0
+    while True:
+        n += 1
+        print("tick %d" % n, flush=True)
+        print("err tick %d" % n, file=sys.stderr, flush=True)
+        time.sleep(0.05)
+"""
+
+# Starts a server, releases it, writes its record and exits: a coordinator's clean exit that
+# leaves its server running. Run under -X dev, so any warning about the released child shows.
+STARTER = """
+import asyncio, sys
+from pathlib import Path
+from occoord.opencode.server import OpenCodeServer
+
+async def main() -> None:
+    server = OpenCodeServer(binary=sys.argv[1], cwd=Path(sys.argv[2]), log_path=Path(sys.argv[3]))
+    await server.start()
+    record = await server.release()
+    assert record is not None and not server.alive()
+    Path(sys.argv[4]).write_bytes(record.to_bytes())
+
+asyncio.run(main())
+"""
+
+
+def last_tick(log_path: Path) -> int:
+    ticks = [line for line in log_path.read_text().splitlines() if line.startswith("tick ")]
+    return int(ticks[-1].split()[1]) if ticks else 0
+
+
+def stop_group(pid: int) -> None:
+    """SIGKILL the group of a server a test left running by design, and wait until it is gone."""
+    if running(pid):
+        os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not running(pid), 10, f"pid {pid} to go")
+
+
+def test_released_server_outlives_the_process_that_started_it(tmp_path: Path) -> None:
+    """A clean exit that releases the server: it keeps serving, and keeps writing its output into
+    the log (nothing of the starter's is needed for that), and the next owner adopts it."""
+    binary = fake_opencode(tmp_path, TICKING)
+    log_path, record_path = tmp_path / "opencode.log", tmp_path / "server.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "dev",
+            "-c",
+            STARTER,
+            str(binary),
+            str(tmp_path),
+            str(log_path),
+            str(record_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    record = ServerRecord.from_bytes(record_path.read_bytes()) if record_path.exists() else None
+    try:
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr, done.stderr
+        assert record is not None and running(record.pid) and process_token(record.pid) == record.started
+        assert health(record.url, record.password)["version"] == "9.9.9-ticking"
+        seen = last_tick(log_path)
+        wait_until(lambda: last_tick(log_path) > seen + 5, 10, "the released server to keep printing")
+        assert "err tick" in log_path.read_text()
+
+        async def adopt_and_stop() -> None:
+            server = OpenCodeServer(binary=str(binary), cwd=tmp_path, log_path=log_path)
+            assert await server.adopt(record) is True
+            assert server.pid == record.pid and server.url == record.url
+            await server.stop()
+            assert not server.alive()
+
+        asyncio.run(adopt_and_stop())
+        assert not running(record.pid) and group_members(record.pid) == []
+    finally:
+        if record is not None:
+            stop_group(record.pid)
+
+
+def test_release_in_process_then_stop_is_a_no_op(tmp_path: Path) -> None:
+    """After release() the object owns nothing: stop() leaves the server alone, record() refuses,
+    and a second release() returns None."""
+    binary = fake_opencode(tmp_path, TICKING)
+    server = OpenCodeServer(binary=str(binary), cwd=tmp_path)  # no log path: an anonymous file
+    pid = None
+    try:
+
+        async def scenario() -> ServerRecord:
+            await server.start()
+            assert "tick" in server.log_tail()
+            record = await server.release()
+            assert record is not None
+            await server.stop()
+            assert await server.release() is None
+            with pytest.raises(RuntimeError):
+                server.record()
+            return record
+
+        record = asyncio.run(scenario())
+        pid = record.pid
+        assert running(pid) and not server.alive()
+        assert health(record.url, record.password)["healthy"] is True
+    finally:
+        if pid is not None:
+            stop_group(pid)
+
+
+def test_wait_exit_notices_a_dead_server_at_once(tmp_path: Path) -> None:
+    binary = fake_opencode(tmp_path, TICKING)
+    server = OpenCodeServer(binary=str(binary), cwd=tmp_path)
+
+    async def scenario() -> float:
+        await server.start()
+        assert server.pid is not None
+        waiter = asyncio.ensure_future(server.wait_exit(poll=30.0))  # a poll would take 30 s
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        os.kill(server.pid, signal.SIGKILL)
+        began = time.monotonic()
+        await asyncio.wait_for(waiter, 5)
+        took = time.monotonic() - began
+        await server.stop()
+        return took
+
+    assert asyncio.run(scenario()) < 1.0

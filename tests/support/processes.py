@@ -6,10 +6,15 @@ Imported as ``support.processes`` everywhere (pytest puts tests/ on sys.path for
 the script and the benchmarks append it), so one module and one registry, ``LIVE``, serve all of
 them: tests/conftest.py stops whatever a test module left running. Standard library only, so that
 importing it starts nothing and needs nothing of the tests.
+
+An OpenCode server that `occoord watch` spawns outlives the watcher by design (SPOOL/server.json
+records it for the next one), so it is not the watcher's to stop: :func:`stop_spool_server` stops
+it by the PID recorded there, and ``stop_all`` does so for every spool a Proc was started on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,8 +36,10 @@ __all__ = [
     "kill_group",
     "occoord_argv",
     "proc_stat",
+    "spool_server",
     "start_simulator",
     "stop_all",
+    "stop_spool_server",
     "wait_for",
     "watch_argv",
 ]
@@ -105,6 +112,52 @@ def free_port() -> int:
 
 
 LIVE: list[Proc] = []  # every Proc not yet stopped or killed; see stop_all()
+SPOOLS: set[Path] = set()  # every --spool a Proc was given: their servers are stopped by stop_all()
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _process_token(pid: int) -> str | None:
+    """occoord.opencode.procinfo.process_token without psutil: the boot id and the start time in
+    clock ticks (field 22 of /proc/PID/stat), which tell a process from a later one with its pid."""
+    fields = proc_stat(pid)
+    try:
+        boot = _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{fields[19]}" if fields is not None and len(fields) > 19 else None
+
+
+def _running(pid: int, token: str | None) -> bool:
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z" and _process_token(pid) == token
+
+
+def spool_server(spool: Path) -> tuple[int, str | None] | None:
+    """(pid, start token) of the server recorded in SPOOL/server.json, if that process still runs."""
+    try:
+        record = json.loads((spool / "server.json").read_text())
+        pid, token = int(record["pid"]), record.get("started")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (pid, token) if token is not None and _running(pid, token) else None
+
+
+def stop_spool_server(spool: Path, grace: float = 10.0) -> int | None:
+    """Stop the server recorded in SPOOL/server.json, by its PID and only if it is still the process
+    recorded (same start time): SIGTERM to its group, SIGKILL after ``grace``. Its pid, or None
+    when nothing recorded was running. The record is left: the next watcher sees it is stale."""
+    found = spool_server(spool)
+    if found is None:
+        return None
+    pid, token = found
+    kill_group(pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: not _running(pid, token), grace, 0.05, what=f"server pid {pid} to stop")
+    except WaitTimeout:
+        if _process_token(pid) == token:
+            kill_group(pid, signal.SIGKILL)
+        wait_for(lambda: not _running(pid, token), 10, 0.05, what=f"server pid {pid} to die")
+    return pid
 
 
 class Proc:
@@ -142,6 +195,9 @@ class Proc:
             self.fh.close()
             raise
         LIVE.append(self)
+        argv = list(argv)
+        if "--spool" in argv[:-1]:
+            SPOOLS.add(Path(argv[argv.index("--spool") + 1]))
 
     @property
     def pid(self) -> int:
@@ -226,12 +282,18 @@ class Proc:
 
 
 def stop_all() -> None:
-    """Stop every Proc not yet stopped, newest first: the net under each test's own cleanup. One
-    that cannot be reaped does not keep the others running: its error comes after they are stopped."""
+    """Stop every Proc not yet stopped, newest first, then the servers recorded in their spools:
+    the net under each test's own cleanup. One that cannot be stopped does not keep the others
+    running: its error comes after they are stopped."""
     errors: list[Exception] = []
     while LIVE:
         try:
             LIVE.pop().stop()
+        except Exception as exc:
+            errors.append(exc)
+    while SPOOLS:
+        try:
+            stop_spool_server(SPOOLS.pop())
         except Exception as exc:
             errors.append(exc)
     if errors:
