@@ -32,7 +32,7 @@ from occoord.engine.watcher import Hint, SpoolWatcher
 from occoord.errors import ConfigError, OccoordError
 from occoord.fsutil import atomic_write
 from occoord.opencode.client import OpenCodeClient
-from occoord.opencode.events import EventStream
+from occoord.opencode.events import EventStream, PermissionAsked, QuestionAsked
 from occoord.opencode.permissions import PolicyResponder
 from occoord.opencode.server import OpenCodeServer, ServerRecord
 from occoord.sim.simulator import Simulator
@@ -43,6 +43,7 @@ __all__ = ["SERVER_FILE", "AtExit", "ServerChoice", "SpoolLock", "serve"]
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
+MAX_REPLIES = 32  # replies to asks in flight at once; more wait their turn (bounded connections)
 
 # What becomes of a spawned server when the coordinator exits: left running for the next one
 # ("keep"), stopped ("stop"), or stopped only if no run of the spool is unfinished ("stop_if_idle").
@@ -242,9 +243,9 @@ async def serve(
             loop = asyncio.get_running_loop()
             watcher = SpoolWatcher(spool.root, lambda h: loop.call_soon_threadsafe(coordinator.post, h))
             watcher.start()
-            responder = PolicyResponder(client)
+            replies = Replies(PolicyResponder(client))
             stream = EventStream(client)
-            pump = asyncio.ensure_future(_pump(stream, coordinator, responder))
+            pump = asyncio.ensure_future(_pump(stream, coordinator, replies))
             guard = asyncio.ensure_future(_guard(watcher, coordinator, stop))
             try:
                 if on_ready is not None:
@@ -254,6 +255,7 @@ async def serve(
                 pump.cancel()
                 guard.cancel()
                 watcher.stop()
+                await replies.aclose()
                 await stream.aclose()
             return coordinator
     finally:
@@ -268,9 +270,43 @@ def _stop_server(choice: ServerChoice, spool: Spool) -> bool:
     return choice.at_exit == "stop"
 
 
-async def _pump(stream: Any, coordinator: Coordinator, responder: Any) -> None:
+class Replies:
+    """Answers permission and question asks beside the event pump, never in it: a reply that
+    hangs must not stop the delivery of every other event. At most one reply per request id is in
+    flight (the server may announce an ask again, e.g. after a reconnect), at most MAX_REPLIES in
+    all; failures are logged."""
+
+    def __init__(self, responder: Any, limit: int = MAX_REPLIES) -> None:
+        self.responder = responder
+        self.jobs: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(limit)
+
+    def offer(self, event: object) -> None:
+        if not isinstance(event, PermissionAsked | QuestionAsked) or event.request_id in self.jobs:
+            return
+        request_id = event.request_id
+        job = asyncio.ensure_future(self._reply(event))
+        self.jobs[request_id] = job
+        job.add_done_callback(lambda _: self.jobs.pop(request_id, None))
+
+    async def _reply(self, event: PermissionAsked | QuestionAsked) -> None:
+        async with self._slots:
+            try:
+                await self.responder.handle(event)
+            except Exception:  # a bug in one reply must not end the others, nor pass unseen
+                log.exception("replying to %s %s failed", type(event).__name__, event.request_id)
+
+    async def aclose(self) -> None:
+        jobs = list(self.jobs.values())
+        for job in jobs:
+            job.cancel()
+        if jobs:
+            await asyncio.wait(jobs)
+
+
+async def _pump(stream: Any, coordinator: Coordinator, replies: Replies) -> None:
     async for event in stream:
-        await responder.handle(event)
+        replies.offer(event)
         coordinator.post(event)
 
 
