@@ -256,6 +256,13 @@ class OpenCodeClient:
             raise ApiError("GET", path, 200, "BadResponse", "expected a list of messages")
         return [self._parse("GET", path, 200, Message.from_api, item) for item in raw]
 
+    async def get_json(
+        self, path: str, directory: str | None = None, params: Mapping[str, str | int] | None = None
+    ) -> Any:
+        """Any read-only route, decoded but not parsed (retried like every read): for the modules
+        that read more of an answer than models.py keeps (``transcript``, ``usage``)."""
+        return await self._call("GET", path, directory=directory, params=params)
+
     async def session_status(self, directory: str) -> dict[str, SessionStatus]:
         """Busy and retrying sessions of one directory. Idle ones are absent (dropped if a server
         lists them anyway), so ``sid not in result`` means idle or unknown."""

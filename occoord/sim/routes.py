@@ -58,6 +58,7 @@ class Routes:
         r.add_delete("/session/{sid}", self._delete_session)
         r.add_post("/session/{sid}/prompt_async", self._prompt_async)
         r.add_get("/session/{sid}/message", self._messages)
+        r.add_get("/session/{sid}/children", self._children)
         r.add_post("/session/{sid}/message", self._prompt_sync)
         r.add_post("/session/{sid}/abort", self._abort)
         r.add_get("/permission", self._permissions)
@@ -156,6 +157,14 @@ class Routes:
         if "limit" in request.query and request.query["limit"].isdigit():
             messages = messages[-int(request.query["limit"]) :] if int(request.query["limit"]) else []
         return web.json_response(messages)
+
+    async def _children(self, request: web.Request) -> web.Response:
+        """The sessions whose parent is this one (sub-agents), like the real route."""
+        sid = request.match_info["sid"]
+        if sid not in self.engine.sessions:
+            return not_found(sid)
+        children = [s.to_api() for s in self.engine.sessions.values() if s.parent_id == sid]
+        return web.json_response(children)
 
     async def _accept(self, request: web.Request) -> web.Response | asyncio.Future[JSON | None]:
         """Validate a prompt body and hand it to the engine; an error response if it is invalid."""

@@ -20,6 +20,7 @@ __all__ = [
     "find_move",
     "parse_script",
     "perform_signal",
+    "usage_for",
 ]
 
 DEFAULT_WORK = 0.05
@@ -60,6 +61,8 @@ class Script:
     ask: str | None = None
     question: bool = False
     signal: str | None = None
+    usage: tuple[tuple[str, float], ...] = ()
+    subagent: bool = False
 
 
 def _parse_error(arg: str) -> ErrorSpec:
@@ -96,7 +99,53 @@ def parse_script(text: str) -> Script:
             values["ask"] = arg.split()[0] if arg else "bash"
         elif kind == "signal" and arg.lower() in ("done", "failed"):
             values["signal"] = arg.lower()
+        elif kind == "usage":
+            values["usage"] = _parse_usage(arg)
+        elif kind == "subagent":
+            values["subagent"] = True
     return Script(**values)  # type: ignore[arg-type]
+
+
+_USAGE_KEYS = ("input", "output", "reasoning", "cache_read", "cache_write", "cost")
+
+
+def _parse_usage(arg: str) -> tuple[tuple[str, float], ...]:
+    """``input=N output=N reasoning=N cache_read=N cache_write=N cost=X``, any of them; others and
+    non-numbers are ignored."""
+    found: dict[str, float] = {}
+    for word in arg.split():
+        key, _, value = word.partition("=")
+        if key in _USAGE_KEYS:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if number >= 0 and number != float("inf"):
+                found[key] = number
+    return tuple(found.items())
+
+
+def usage_for(script: Script, prompt: str) -> tuple[float, dict[str, object]]:
+    """``(cost, tokens)`` a successful simulated turn reports on its assistant message and its
+    step-finish part, in the real server's shape. Without ``[sim: usage ...]`` the numbers follow
+    the text's length (about 4 characters a token) and a typical price, so every turn costs
+    something, the same every time."""
+    given = dict(script.usage)
+    tokens_in = int(given.get("input", len(prompt) // 4 + 10))
+    tokens_out = int(given.get("output", len(script.reply) // 4 + 5))
+    reasoning = int(given.get("reasoning", 0))
+    cache_read = int(given.get("cache_read", 0))
+    cache_write = int(given.get("cache_write", 0))
+    # $3 per million input tokens and $15 per million output tokens, unless told otherwise.
+    cost = given.get("cost", (tokens_in * 3 + (tokens_out + reasoning) * 15) / 1_000_000)
+    tokens: dict[str, object] = {
+        "total": tokens_in + tokens_out + reasoning + cache_read + cache_write,
+        "input": tokens_in,
+        "output": tokens_out,
+        "reasoning": reasoning,
+        "cache": {"read": cache_read, "write": cache_write},
+    }
+    return round(cost, 9), tokens
 
 
 def find_move(text: str, outcome: str) -> tuple[str, str] | None:

@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-from occoord.sim.script import ErrorSpec, Script, parse_script, perform_signal
+from occoord.sim.script import ErrorSpec, Script, parse_script, perform_signal, usage_for
 from occoord.sim.state import JSON, Bus, PendingAsk, Prompt, SimSession, new_id, now_ms
 
 __all__ = ["ABORTED", "Engine"]
@@ -176,7 +176,9 @@ class Engine:
             self._part(sess, msg, {"type": "step-start"})
             await self._play(sess, msg, script, prompt.text)
             self._part(sess, msg, {"type": "text", "text": script.reply}, delta=script.reply)
-            self._part(sess, msg, {"type": "step-finish", "reason": "stop", "cost": 0, "tokens": _tokens()})
+            cost, tokens = usage_for(script, prompt.text)
+            self._part(sess, msg, {"type": "step-finish", "reason": "stop", "cost": cost, "tokens": tokens})
+            msg["info"].update(cost=cost, tokens=tokens)
             self._complete(sess, msg, finish="stop")
         except _TurnFailed as exc:
             self._complete(sess, msg, error=exc.spec)
@@ -196,6 +198,8 @@ class Engine:
             await self._ask_question(sess, msg)
         if script.hang:
             await asyncio.Event().wait()
+        if script.subagent:
+            await self._subagent(sess, msg)
         await self._work(sess, msg, script.work)
         if script.signal:
             problem = perform_signal(text, script.signal)
@@ -264,6 +268,35 @@ class Engine:
         }
         self._part(sess, msg, {**call, "id": part["id"], "state": done})
 
+    async def _subagent(self, sess: SimSession, msg: JSON) -> None:
+        """A ``task`` tool call, as the real server runs one: a child session (``parentID``) plays a
+        turn of its own, with its own messages and usage, while the parent's tool part runs."""
+        info: JSON = msg["info"]
+        title = "Simulated sub-task (@general subagent)"
+        child = self.create_session(sess.directory, title, [], sess.id)
+        call: JSON = {"type": "tool", "callID": new_id("call"), "tool": "task"}
+        arguments = {"description": "Simulated sub-task", "subagent_type": "general"}
+        start = now_ms()
+        state: JSON = {"status": "running", "input": arguments, "title": title, "time": {"start": start}}
+        part = self._part(sess, msg, {**call, "state": state, "metadata": {"sessionId": child.id}})
+        model = {"providerID": info["providerID"], "modelID": info["modelID"]}
+        prompt = self.prompt(
+            child, "Do the sub-task. [sim: work 0.05] [sim: reply sub-task done]", "general", model
+        )
+        try:
+            await prompt.done
+        except asyncio.CancelledError:
+            await self.abort(child)  # an aborted parent stops its sub-agent too
+            raise
+        done = {
+            **state,
+            "status": "completed",
+            "output": "sub-task done",
+            "metadata": {"sessionId": child.id},
+        }
+        done["time"] = {"start": start, "end": now_ms()}
+        self._part(sess, msg, {**call, "id": part["id"], "state": done})
+
     async def _wait_ask(self, sess: SimSession, kind: str, request: JSON) -> tuple[str, Any]:
         """Register an ask, announce it and wait (forever, still busy) for its answer."""
         future: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
@@ -320,7 +353,3 @@ class Engine:
         self._emit(sess, "message.updated", {"sessionID": sess.id, "info": info})
         if error is not None:
             self._emit(sess, "session.error", {"sessionID": sess.id, "error": info["error"]})
-
-
-def _tokens() -> JSON:
-    return {"input": 0, "output": 0, "reasoning": 0, "cache": {"read": 0, "write": 0}}
