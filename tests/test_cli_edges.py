@@ -11,6 +11,7 @@ from test_cli import assert_one_line_error, occoord, pending_run
 from occoord.cli.plan import dependency_levels
 from occoord.manifest.load import parse_manifest
 from occoord.spool.layout import Spool
+from occoord.spool.states import TaskState
 
 
 def test_dry_run_of_a_long_chain_listed_dependents_first_prints_its_levels(tmp_path: Path) -> None:
@@ -45,3 +46,13 @@ def test_requeueing_a_pending_task_is_refused_saying_what_to_do(spool: Spool) ->
     out = occoord("signal", "--spool", spool.root, run.id, "build", "queued")
     assert_one_line_error(out, 2, "its session may still run", "signal it failed")
     assert "queued for a finished" in " ".join(occoord("signal", "--help").stdout.split())
+
+
+def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(spool: Spool) -> None:
+    run = new_run(spool, ["a"])
+    run.signal("a", TaskState.DONE, "finished")
+    out = occoord("cancel", "--spool", spool.root, run.id)
+    assert_one_line_error(out, 1, "nothing to cancel", "the run is finished")
+    assert not (run.dir / "cancel").exists()
+    out = occoord("cancel", "--spool", spool.root, run.id, "a")
+    assert_one_line_error(out, 1, "nothing to cancel", "task a is done")

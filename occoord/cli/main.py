@@ -15,7 +15,8 @@ import click
 
 from occoord import __version__
 from occoord.cli.common import open_spool, spool_option
-from occoord.cli.running import cancel, retry, run, simulate, watch
+from occoord.cli.manage import cancel, retry
+from occoord.cli.running import run, simulate, watch
 from occoord.errors import (
     ConfigError,
     IllegalTransition,

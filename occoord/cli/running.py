@@ -18,16 +18,14 @@ import click
 
 from occoord.cli.common import open_spool, spool_option
 from occoord.engine.loop import CoordinatorConfig
-from occoord.errors import TransitionConflict
 from occoord.spool.accept import accept_file
 from occoord.spool.layout import Run, Spool
-from occoord.spool.states import Actor, TaskState
 from occoord.spool.submit import submit
 
 if TYPE_CHECKING:
     from occoord.engine.service import AtExit
 
-__all__ = ["cancel", "retry", "run", "simulate", "watch"]
+__all__ = ["run", "simulate", "watch"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SECONDS = click.FloatRange(min=0.001)
@@ -119,6 +117,14 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         30.0,
         "Seconds a session may stay busy after its task was signalled before it is aborted.",
     ),
+    (
+        "--provider-retries",
+        "OCCOORD_PROVIDER_RETRIES",
+        click.IntRange(min=0),
+        5,
+        "Provider retries OpenCode may make in one turn (session status 'retry') before occoord stops "
+        "the turn and fails the attempt (retryable) with the provider's message.",
+    ),
 ]
 
 
@@ -156,6 +162,7 @@ def build_config(
         rescan_interval=opts["rescan_interval"],
         settle_seconds=opts["settle_seconds"],
         signal_grace=opts["signal_grace"],
+        provider_retries=opts["provider_retries"],
     )
     check_config(config)
     choice = ServerChoice(
@@ -306,68 +313,6 @@ async def _run_and_follow(spool: Spool, the_run: Run, config: CoordinatorConfig,
         f"run {the_run.id}: {'done' if verdict.get('ok') else 'failed'}; see {the_run.dir / 'summary.md'}"
     )
     return bool(verdict.get("ok"))
-
-
-@click.command()
-@spool_option
-@click.argument("run_id")
-@click.argument("task", required=False)
-def cancel(spool_dir: Path, run_id: str, task: str | None) -> None:
-    """Cancel a run (or one TASK): abort its sessions and fail the unfinished tasks as cancelled.
-
-    Works by dropping SPOOL/runs/RUN/cancel (or cancel.TASK), which anyone may `touch`. With no
-    coordinator running, queued and pending tasks are failed right away.
-    """
-    from occoord.engine.service import SpoolLock
-    from occoord.spool.cancel import request_cancel
-
-    spool = open_spool(spool_dir, create=False)
-    the_run = spool.run(run_id)
-    if task is not None and task not in {t.id for t in the_run.manifest.tasks}:
-        raise click.BadParameter(f"run {run_id} has no task {task!r}", param_hint="TASK")
-    lock = SpoolLock(spool)
-    if not lock.try_acquire():
-        path = request_cancel(the_run, task)
-        click.echo(f"cancel requested: {path}")
-        return
-    try:
-        tasks = [task] if task else [t.id for t in the_run.manifest.tasks]
-        for name in tasks:
-            the_run.tasks.reconcile([name])
-            state = the_run.tasks.current(name)
-            if state in (TaskState.QUEUED, TaskState.PENDING):
-                try:
-                    the_run.tasks.transition(
-                        name,
-                        state,
-                        TaskState.FAILED,
-                        actor=Actor.OUTSIDE,
-                        reason="cancelled (no coordinator was running)",
-                    )
-                except TransitionConflict:
-                    continue
-                click.echo(f"{run_id}/{name}: failed (cancelled)")
-    finally:
-        lock.release()
-
-
-@click.command()
-@spool_option
-@click.argument("run_id")
-@click.argument("task", required=False)
-def retry(spool_dir: Path, run_id: str, task: str | None) -> None:
-    """Run failed tasks again: TASK (done or failed) with its blocked dependents, or every failed task.
-
-    The same as `mv SPOOL/runs/RUN/tasks/TASK.failed SPOOL/runs/RUN/tasks/TASK.queued`.
-    """
-    from occoord.spool.requeue import requeue
-
-    spool = open_spool(spool_dir, create=False)
-    moved = requeue(spool.run(run_id), task)
-    for name in moved:
-        click.echo(f"{run_id}/{name}: queued")
-    if not moved:
-        click.echo(f"{run_id}: nothing to retry", err=True)
 
 
 @click.command()

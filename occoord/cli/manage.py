@@ -1,0 +1,81 @@
+"""Steering runs that exist: ``cancel`` and ``retry``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from occoord.cli.common import open_spool, spool_option
+from occoord.errors import SpoolError, TransitionConflict
+from occoord.spool.states import Actor, TaskState
+
+__all__ = ["cancel", "retry"]
+
+
+@click.command()
+@spool_option
+@click.argument("run_id")
+@click.argument("task", required=False)
+def cancel(spool_dir: Path, run_id: str, task: str | None) -> None:
+    """Cancel a run (or one TASK): abort its sessions and fail the unfinished tasks as cancelled.
+
+    Works by dropping SPOOL/runs/RUN/cancel (or cancel.TASK), which anyone may `touch`. With no
+    coordinator running, queued and pending tasks are failed right away.
+    """
+    from occoord.engine.service import SpoolLock
+    from occoord.spool.cancel import request_cancel
+
+    spool = open_spool(spool_dir, create=False)
+    the_run = spool.run(run_id)
+    if task is not None and task not in {t.id for t in the_run.manifest.tasks}:
+        raise click.BadParameter(f"run {run_id} has no task {task!r}", param_hint="TASK")
+    states = the_run.tasks.states()
+    wanted = [task] if task else [t.id for t in the_run.manifest.tasks]
+    if all(states.get(name, TaskState.QUEUED).terminal for name in wanted):
+        # Nothing to cancel; a request file would only linger and strike after a later requeue.
+        what = f"task {task} is {states.get(task or '')}" if task else "the run is finished"
+        raise SpoolError(str(the_run.dir), f"nothing to cancel: {what}")
+    lock = SpoolLock(spool)
+    if not lock.try_acquire():
+        path = request_cancel(the_run, task)
+        click.echo(f"cancel requested: {path}")
+        return
+    try:
+        tasks = [task] if task else [t.id for t in the_run.manifest.tasks]
+        for name in tasks:
+            the_run.tasks.reconcile([name])
+            state = the_run.tasks.current(name)
+            if state in (TaskState.QUEUED, TaskState.PENDING):
+                try:
+                    the_run.tasks.transition(
+                        name,
+                        state,
+                        TaskState.FAILED,
+                        actor=Actor.OUTSIDE,
+                        reason="cancelled (no coordinator was running)",
+                    )
+                except TransitionConflict:
+                    continue
+                click.echo(f"{run_id}/{name}: failed (cancelled)")
+    finally:
+        lock.release()
+
+
+@click.command()
+@spool_option
+@click.argument("run_id")
+@click.argument("task", required=False)
+def retry(spool_dir: Path, run_id: str, task: str | None) -> None:
+    """Run failed tasks again: TASK (done or failed) with its blocked dependents, or every failed task.
+
+    The same as `mv SPOOL/runs/RUN/tasks/TASK.failed SPOOL/runs/RUN/tasks/TASK.queued`.
+    """
+    from occoord.spool.requeue import requeue
+
+    spool = open_spool(spool_dir, create=False)
+    moved = requeue(spool.run(run_id), task)
+    for name in moved:
+        click.echo(f"{run_id}/{name}: queued")
+    if not moved:
+        click.echo(f"{run_id}: nothing to retry", err=True)
