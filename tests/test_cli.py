@@ -330,7 +330,8 @@ def test_signal_to_the_current_state_is_a_no_op(spool: Spool) -> None:
         (
             "pending",
             "queued",
-            "task build: illegal transition pending -> queued: its session may still run; signal it failed (or cancel it), then requeue it",
+            "task build: illegal transition pending -> queued: its session may still run; "
+            "signal it failed (or cancel it), then requeue it",
         ),
     ],
 )
