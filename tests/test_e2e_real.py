@@ -747,3 +747,36 @@ def test_fake_occoord_run_stops_the_server_only_when_no_run_is_left_unfinished(f
     session = record(long_run, "long")["session_id"]
     assert stage.status(stage.workdir).get(session, {}).get("type") == "busy", "its turn still runs"
     assert stop_spool_server(stage.spool) == server.pid
+
+
+def _recorded(spool: Path) -> ServerRecord | None:
+    try:
+        return ServerRecord.from_bytes((spool / "server.json").read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+@slow
+def test_fake_server_whose_watcher_died_before_it_listened_is_stopped_not_orphaned(fake_stage: Stage) -> None:
+    """A server is recorded (with no URL yet) as soon as it is spawned: a watcher SIGKILLed while
+    its server starts leaves a record, and the next watcher stops that server instead of leaving an
+    orphan beside the one it starts."""
+    stage = fake_stage
+    slow_bin = stage.tmp / "bin" / "slow-opencode"
+    slow_bin.write_text(f"#!/bin/sh\nsleep 2\nexec {sys.executable} -m occoord simulate --port 0\n")
+    slow_bin.chmod(0o755)
+    stage.binary = str(slow_bin)
+    argv = watch_argv(stage.spool, stage.workdir, *REAL_OPTS, "--opencode-bin", stage.binary)
+    first = Proc(argv, stage.tmp / "first.log", env=stage.env)
+    stage.watchers.append(first)
+    early = wait_for(lambda: _recorded(stage.spool), timeout=30, what="the record of the spawned server")
+    stage.servers[early.pid] = early.started  # the cleanup's net, should it survive
+    assert early.url == "" and running(early.pid, early.started)
+    first.kill9()
+    assert running(early.pid, early.started), "an orphan, known only by its record"
+    second = stage.watch("second")
+    assert not running(early.pid, early.started), "the next watcher stopped it"
+    assert "its starter died before it was listening" in second.output()
+    now = stage.server()
+    assert now.pid != early.pid and now.url.startswith("http://127.0.0.1:")
+    stage.stop(second)

@@ -133,7 +133,12 @@ async def opencode_backend(
         elif choice.url:
             url, password = choice.url, choice.password
         else:
-            server = OpenCodeServer(binary=choice.binary, cwd=workdir, log_path=choice.log_path)
+            server = OpenCodeServer(
+                binary=choice.binary,
+                cwd=workdir,
+                log_path=choice.log_path,
+                on_spawn=None if state_file is None else lambda rec: atomic_write(state_file, rec.to_bytes()),
+            )
             await start_or_adopt(server, state_file)
             url, password = server.url, server.password
         client = OpenCodeClient(url, password=password)

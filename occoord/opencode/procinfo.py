@@ -1,6 +1,7 @@
 """Facts about processes and the opencode binary that the server wing needs: where the binary is,
-whether a pid is still the process we started (pids are reused), when a process exits, and the
-record a coordinator leaves so that the next one can find its server again.
+whether a pid is still the process we started (pids are reused), when a process exits, a child
+process that can be let go, and the record a coordinator leaves so that the next one can find its
+server again.
 
 The process facts come from psutil; its exceptions end here, as answers (gone, unknown), never raised.
 """
@@ -11,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from occoord.errors import ServerUnavailable
 
 __all__ = [
     "MISSING_BINARY",
+    "Child",
     "ServerRecord",
     "find_binary",
     "pid_exists",
@@ -76,6 +79,21 @@ def process_token(pid: int) -> str | None:
     # set; their difference is the kernel's own count, fixed for the process's life. In ticks, as
     # /proc/PID/stat has it, so records written by earlier versions still match.
     return f"{boot}:{round((started - booted) * os.sysconf('SC_CLK_TCK'))}"
+
+
+class Child(subprocess.Popen[bytes]):
+    """The spawned server's process, which can be let go.
+
+    A Popen collected while its child runs warns ("still running") and queues itself to be reaped by
+    later Popen calls. A released server is meant to outlive us: once we exit it is re-parented to
+    init (or to a subreaper such as systemd) and reaped there, so collecting it does neither.
+    """
+
+    released = False
+
+    def __del__(self) -> None:
+        if not self.released:
+            super().__del__()
 
 
 async def wait_exited(pid: int, still_ours: Callable[[], bool]) -> None:

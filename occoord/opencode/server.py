@@ -3,21 +3,18 @@ or let it go.
 
 Why this is more than ``subprocess.Popen``: the server picks its own port and announces it on stdout,
 requests sent before that announcement can hang for minutes, and it may leave helpers behind, so it
-runs in its own session and process group and is stopped group-wide. It writes everything it prints
-straight into a log file (see serverlog.py: no pipe ties it to us), whose last lines are quoted in
-errors so a failed start explains itself.
+runs in its own session and process group and is stopped group-wide. It writes its output straight
+into a log file (serverlog.py: no pipe ties it to us), whose last lines are quoted in errors so a
+failed start explains itself. ``/global/health`` is polled with plain httpx: the client module's
+retry policy would only blur the deadlines here.
 
-This module deliberately talks to ``/global/health`` with plain httpx: the client module has its own
-retry policy, which would only blur the deadlines here.
-
-The server outlives the coordinator that started it unless told to stop: after a SIGKILL (its own
-process group is not signalled, and it needs nothing of ours to carry on, sessions and turns
-included) and after :meth:`OpenCodeServer.release`, a clean exit that leaves it running. It is
-spawned with ``subprocess.Popen``, not asyncio's subprocess API, because asyncio's transport kills a
-still-running child when it is closed or collected. :meth:`OpenCodeServer.record` describes a
-started server (pid, URL, password, how it was started) so that the next coordinator can
-:meth:`~OpenCodeServer.adopt` it instead of starting a second server on the same data directory:
-then nothing is lost, no turn is run twice, and no two servers fight over one database.
+The server outlives the coordinator that started it unless told to stop: after a SIGKILL (its group
+is not signalled, and it needs nothing of ours to carry on, sessions and turns included) and after
+:meth:`OpenCodeServer.release`. It is spawned with ``subprocess.Popen``, not asyncio's subprocess
+API, whose transport kills a still-running child when it is closed or collected.
+:meth:`OpenCodeServer.record` describes a started server (pid, URL, password, how it was started) so
+that the next coordinator can :meth:`~OpenCodeServer.adopt` it instead of starting a second server on
+the same data directory: nothing is lost, no turn runs twice, no two servers share one database.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -41,6 +38,7 @@ import httpx
 from occoord.errors import ServerUnavailable
 from occoord.opencode.procinfo import (
     MISSING_BINARY,
+    Child,
     ServerRecord,
     find_binary,
     pid_exists,
@@ -64,26 +62,13 @@ _ADOPT_HEALTH_DEADLINE = 10.0
 _FINGERPRINT_VARS = re.compile(r"^(HOME|XDG_[A-Z_]+|OPENCODE_[A-Z_]+)$")
 
 
-class _Child(subprocess.Popen[bytes]):
-    """The spawned server's process, which can be let go.
-
-    A Popen collected while its child runs warns ("still running") and queues itself to be reaped by
-    later Popen calls. A released server is meant to outlive us: once we exit it is re-parented to
-    init (or to a subreaper such as systemd) and reaped there, so collecting it does neither.
-    """
-
-    released = False
-
-    def __del__(self) -> None:
-        if not self.released:
-            super().__del__()
-
-
 class OpenCodeServer:
     """One ``opencode serve`` process on 127.0.0.1, owned by this object.
 
     ``url`` may change on restart (the server picks a free port); ``password`` stays the same so a
-    client built from it keeps working once it learns the new URL.
+    client built from it keeps working once it learns the new URL. ``on_spawn`` is given a record
+    with no URL yet the moment a process exists: kept where the next owner looks, it lets that owner
+    stop a server whose starter died before it was listening, instead of leaving it orphaned.
     """
 
     def __init__(
@@ -96,8 +81,10 @@ class OpenCodeServer:
         password: str | None = None,
         start_deadline: float = 60.0,
         health_deadline: float = 30.0,
+        on_spawn: Callable[[ServerRecord], None] | None = None,
     ) -> None:
         self._binary_arg = binary
+        self.on_spawn = on_spawn
         self.cwd = Path(cwd)
         self.log_path = log_path
         self._extra_env = dict(env or {})
@@ -111,7 +98,7 @@ class OpenCodeServer:
         self.restarts = 0
         self.adopted = False  # the running server was started by a previous coordinator
         self._token: str | None = None  # process_token(pid) of the running server
-        self._proc: _Child | None = None
+        self._proc: Child | None = None
         self._out = ServerOutput(log_path)
         self._lock = asyncio.Lock()
 
@@ -139,9 +126,10 @@ class OpenCodeServer:
         while self.alive():
             await asyncio.sleep(poll)
 
-    def record(self) -> ServerRecord:
-        """How to find this (started) server again: see :meth:`adopt`."""
-        if self.pid is None or not self.url or not self.alive():
+    def record(self, *, listening: bool = True) -> ServerRecord:
+        """How to find this (started) server again: see :meth:`adopt`. With ``listening=False``
+        also while it starts, with no URL yet."""
+        if self.pid is None or (listening and not self.url) or not self.alive():
             raise RuntimeError("the opencode server is not running")
         return ServerRecord(
             pid=self.pid,
@@ -177,7 +165,9 @@ class OpenCodeServer:
             self.binary, self.version, self._token = record.binary, record.version, record.started
             self.adopted = True
             reason = None
-            if record.binary != binary:
+            if not record.url:
+                reason = "its starter died before it was listening"
+            elif record.binary != binary:
                 reason = f"it runs {record.binary}, not {binary or 'the binary asked for'}"
             elif record.fingerprint != self._fingerprint():
                 reason = "it was started with another environment (HOME, XDG_*, OPENCODE_*)"
@@ -281,7 +271,7 @@ class OpenCodeServer:
         try:
             # A new session: its own process group (stopped group-wide, never hit by signals meant
             # for ours) and no controlling terminal. The output goes to the log, not to a pipe.
-            proc = _Child(
+            proc = Child(
                 [binary, "serve", "--hostname", "127.0.0.1", "--port", "0"],
                 cwd=str(self.cwd),
                 env=self._child_env(),
@@ -295,6 +285,8 @@ class OpenCodeServer:
             raise ServerUnavailable("opencode", f"cannot run {binary}: {exc}") from exc
         self._proc, self.pid, self._token = proc, proc.pid, process_token(proc.pid)
         try:
+            if self.on_spawn is not None:
+                self.on_spawn(self.record(listening=False))
             self.url = await self._await_listening(binary)
             self.version = await self._await_healthy()
         except BaseException:
