@@ -62,7 +62,9 @@ def test_malformed_answers_count_as_nothing(raw: Any) -> None:
 
 
 def test_json_round_trip_and_tolerant_reading() -> None:
-    usage = Usage(cost=1.5, input=1, output=2, reasoning=3, cache_read=4, cache_write=5, messages=6, sessions=2)
+    usage = Usage(
+        cost=1.5, input=1, output=2, reasoning=3, cache_read=4, cache_write=5, messages=6, sessions=2
+    )
     doc = usage.to_json()
     assert doc == {
         "cost": 1.5,
