@@ -1,22 +1,35 @@
 #!/usr/bin/env python3
-"""Crash torture: SIGKILL `occoord watch` at random moments while manifests keep flowing in.
+"""Crash torture: SIGKILL and SIGTERM `occoord watch` at random moments while manifests keep flowing in.
 
 One external simulator (`occoord simulate`) plays the OpenCode server for the whole run. A feeder
 thread drops a stream of manifests into SPOOL/incoming/ (valid ones with tasks that succeed, fail,
 retry, depend on each other or signal their own outcome by renaming their state file; invalid
 ones), some written atomically (tmp/ + rename), some in place like a plain `cp`. Meanwhile a
-watcher is started, killed with SIGKILL after a random delay (before or after it is ready), and
-restarted, KILLS times. Then a last watcher drains the spool and the files are checked:
+watcher is started, stopped after a random delay (before or after it is ready) and restarted,
+KILLS times with SIGKILL (a crash) and TERMS times with SIGTERM (a clean stop, `systemctl
+restart`), in a random order. Then a last watcher drains the spool and the files are checked:
 
   manifests   every manifest dropped is exactly one run or exactly one rejection
   tasks       every task has exactly one state file, terminal, and the outcome its script implies
   sessions    no session was created twice for one attempt (titles `occoord RUN/TASK#N` are unique
               in the simulator's GET /session?directory=...)
+  busy        no task ever had two busy sessions at once, as the server saw it (the simulator's
+              GET /sim/busy: every span in which each session was busy)
+  stops       a watcher sent SIGTERM once it was serving exits 0 within the grace
   temp files  after ageing every leftover temp file past the cleanup age (1 h) and one more
               start-up, none is left
   journal     the last `to` of every task in events.jsonl equals its state file
 
-Usage:  .venv/bin/python scripts/torture.py [--kills 200] [--seed 1] [--dir DIR] [--json FILE]
+With --spawn there is no external simulator: the watchers spawn the server (the simulator behind a
+fake `opencode`) and hand it on to each other through SPOOL/server.json, so every restart, SIGKILL
+or SIGTERM, re-uses the same server; a server that changed, or one left running unrecorded, is a
+finding too.
+
+Findings are counted as lost (a manifest or task gone), doubled (made twice, two state files, a
+session twice) or stuck (not terminal, not drained, still busy at the end).
+
+Usage:  .venv/bin/python scripts/torture.py [--kills 200] [--terms 100] [--spawn] [--seed 1] [--dir DIR]
+                                            [--json FILE]
 Exit status 0 when every check holds. Every process it starts is stopped by PID.
 """
 
@@ -28,6 +41,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +60,17 @@ import httpx
 TESTS = str(Path(__file__).resolve().parent.parent / "tests")
 if TESTS not in sys.path:
     sys.path.append(TESTS)
-from support.processes import READY, Proc, occoord_argv, start_simulator, wait_for, watch_argv  # noqa: E402
+from support.processes import (  # noqa: E402
+    READY,
+    Proc,
+    kill_group,
+    occoord_argv,
+    spool_server,
+    start_simulator,
+    stop_spool_server,
+    wait_for,
+    watch_argv,
+)
 
 STATES = ("queued", "pending", "done", "failed")
 TMP_MAX_AGE = 3600.0  # occoord.spool.recovery.TMP_MAX_AGE: the cleanup age of stray temp files
@@ -147,6 +171,10 @@ class Report:
     kills: int = 0
     kills_before_ready: int = 0
     kills_after_ready: int = 0
+    terms: int = 0
+    terms_before_ready: int = 0
+    terms_after_ready: int = 0
+    slowest_term_seconds: float = 0.0
     watcher_starts: int = 0
     recovery_repairs: int = 0
     seconds: float = 0.0
@@ -166,6 +194,12 @@ class Report:
     journal_torn_lines: int = 0
     stray_temp_files_before_ageing: int = 0
     stray_temp_files_after_ageing: int = 0
+    busy_spans: int = 0
+    max_busy_sessions_per_task: int = 0
+    servers: int = 0  # --spawn: servers the watchers recorded (all of them handed on: 1)
+    lost: int = 0
+    doubled: int = 0
+    stuck: int = 0
     problems: list[str] = field(default_factory=list)
     # Findings of known bugs, each pinned by a deterministic test in tests/test_torture.py, kept apart
     # so the short pytest version can assert everything else: temp files where recovery never looks
@@ -177,6 +211,11 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems and not self.known
+
+    def finding(self, kind: str, what: str) -> None:
+        """A problem counted as ``kind``: lost, doubled or stuck."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.problems.append(f"{kind}: {what}")
 
 
 def temp_files(spool: Path) -> list[Path]:
@@ -204,7 +243,9 @@ def state_files(run_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
     return found, claims
 
 
-def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: Report) -> None:
+def check(
+    spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: Report, auth: Any = None
+) -> None:
     problems = report.problems
     valid = {d.marker: d for d in dropped if d.valid}
     invalid = {d.marker: d for d in dropped if not d.valid}
@@ -229,16 +270,12 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
             rejected_of[marker] += 1
         if not path.with_name(path.name + ".error").exists():
             problems.append(f"rejected/{path.name} has no .error beside it")
-    for marker in valid:
-        if runs_of[marker] != 1 or rejected_of[marker]:
-            problems.append(
-                f"{marker}: {runs_of[marker]} runs, {rejected_of[marker]} rejections (want 1 run)"
-            )
-    for marker in invalid:
-        if rejected_of[marker] != 1 or runs_of[marker]:
-            problems.append(
-                f"{marker}: {runs_of[marker]} runs, {rejected_of[marker]} rejections (want 1 rejection)"
-            )
+    for marker in [*valid, *invalid]:
+        runs, rejections = runs_of[marker], rejected_of[marker]
+        want = (1, 0) if marker in valid else (0, 1)
+        if (runs, rejections) != want:
+            kind = "lost" if runs + rejections == 0 else "doubled"
+            report.finding(kind, f"{marker}: {runs} runs, {rejections} rejections (want {want[0]} run)")
     stray_errors = [
         p.name for p in (spool / "rejected").glob("*.error") if not p.with_name(p.name[:-6]).exists()
     ]
@@ -246,7 +283,7 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
         report.known.append(f"rejected/{name}: a reason without its manifest (it was rejected again)")
     leftovers = os.listdir(spool / "incoming")
     if leftovers:
-        problems.append(f"incoming/ not empty: {leftovers[:10]}")
+        report.finding("stuck", f"incoming/ not empty: {leftovers[:10]}")
 
     # -- tasks: one terminal state file each, the expected outcome, summary and journal agree
     counts: Counter[str] = Counter()
@@ -257,17 +294,20 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
         found, claims = state_files(run_dir)
         if claims:
             problems.append(f"{run_dir.name}: claims left: {claims}")
-        if item is not None and set(found) != set(item.expected):
-            problems.append(f"{run_dir.name}: tasks {sorted(found)} != {sorted(item.expected)}")
+        if item is not None:
+            for task in sorted(set(item.expected) - set(found)):
+                report.finding("lost", f"{run_dir.name}/{task}: no state file")
+            if set(found) - set(item.expected):
+                problems.append(f"{run_dir.name}: tasks {sorted(found)} != {sorted(item.expected)}")
         for task, names in found.items():
             report.tasks += 1
             if len(names) != 1:
-                problems.append(f"{run_dir.name}/{task}: several state files {names}")
+                report.finding("doubled", f"{run_dir.name}/{task}: several state files {names}")
                 continue
             state = names[0]
             counts[state] += 1
             if state not in ("done", "failed"):
-                problems.append(f"{run_dir.name}/{task}: not terminal ({state})")
+                report.finding("stuck", f"{run_dir.name}/{task}: not terminal ({state})")
             if item is not None and item.expected.get(task) != state:
                 problems.append(
                     f"{run_dir.name}/{task}: ended {state}, its script says {item.expected.get(task)}"
@@ -277,7 +317,7 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
             expected_titles |= {f"occoord {run_dir.name}/{task}#{n}" for n in range(1, record["attempt"] + 1)}
         summary = run_dir / "summary.json"
         if not summary.exists():
-            problems.append(f"{run_dir.name}: no summary.json")
+            report.finding("stuck", f"{run_dir.name}: no summary.json")
         else:
             verdict = {t["task"]: t["state"] for t in json.loads(summary.read_text())["tasks"]}
             if verdict != {t: s[0] for t, s in found.items()}:
@@ -298,12 +338,11 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
     report.counts = dict(counts)
 
     # -- sessions: one per attempt, never two
-    sessions = httpx.get(f"{url}/session", params={"directory": str(workdir)}, timeout=60).json()
+    sessions = httpx.get(f"{url}/session", params={"directory": str(workdir)}, auth=auth, timeout=60).json()
     titles = [s["title"] for s in sessions]
     report.sessions = len(titles)
-    dupes = [t for t, n in Counter(titles).items() if n > 1]
-    if dupes:
-        problems.append(f"{len(dupes)} sessions created twice for one attempt: {dupes[:5]}")
+    for title in [t for t, n in Counter(titles).items() if n > 1]:
+        report.finding("doubled", f"session {title!r} created twice for one attempt")
     for title in sorted(set(titles) - expected_titles):
         run_id, _, rest = title.removeprefix("occoord ").partition("/")
         task, _, attempt = rest.rpartition("#")
@@ -315,17 +354,130 @@ def check(spool: Path, workdir: Path, url: str, dropped: list[Dropped], report: 
             )
         else:
             problems.append(f"session {title!r}: for an attempt no record counts ({record.get('attempt')})")
-    busy = httpx.get(f"{url}/session/status", params={"directory": str(workdir)}, timeout=60).json()
+    busy = httpx.get(
+        f"{url}/session/status", params={"directory": str(workdir)}, auth=auth, timeout=60
+    ).json()
     if busy:
-        problems.append(f"{len(busy)} sessions still busy after every task ended")
+        report.finding("stuck", f"{len(busy)} sessions still busy after every task ended")
+    spans = httpx.get(f"{url}/sim/busy", params={"prefix": "occoord "}, auth=auth, timeout=60).json()
+    check_busy(spans, report)
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that overlap at one moment (touching ends do not)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    now = peak = 0
+    for _, step in edges:  # at one instant an end (-1) sorts before a start (+1)
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def check_busy(spans: list[dict[str, Any]], report: Report) -> None:
+    """No task ever had two busy sessions at once: the spans of its sessions (titles
+    `occoord RUN/TASK#N`, any N) never overlap, as the server saw them."""
+    report.busy_spans = len(spans)
+    by_task: dict[str, list[tuple[float, float]]] = {}
+    for span in spans:
+        task = str(span["title"]).rpartition("#")[0]
+        end = span["end"] if span["end"] is not None else float("inf")  # still busy: to the end
+        by_task.setdefault(task, []).append((float(span["start"]), float(end)))
+    for task, task_spans in sorted(by_task.items()):
+        peak = most_at_once(task_spans)
+        report.max_busy_sessions_per_task = max(report.max_busy_sessions_per_task, peak)
+        if peak > 1:
+            report.finding("doubled", f"{task}: {peak} sessions busy at once")
 
 
 # ---------------------------------------------------------------------------- the run
 
 
+def terminate(watcher: Proc, ready: bool, report: Report) -> None:
+    """A clean stop (SIGTERM), as `systemctl restart` does it. A watcher that was serving must exit
+    0 within the grace. Before its handlers exist (still importing) SIGTERM simply kills it, as
+    SIGKILL would; both are fine then."""
+    began = time.monotonic()
+    code = watcher.stop(GRACE, sig=signal.SIGTERM)
+    took = time.monotonic() - began
+    report.terms += 1
+    report.terms_after_ready += ready
+    report.terms_before_ready += not ready
+    report.slowest_term_seconds = round(max(report.slowest_term_seconds, took), 2)
+    if code == -signal.SIGKILL:
+        report.finding("stuck", f"{watcher.log.name}: no exit within {GRACE:g} s of SIGTERM")
+    elif code != 0 and (ready or code != -signal.SIGTERM):
+        report.problems.append(f"{watcher.log.name}: exited {code} on SIGTERM (ready: {ready})")
+
+
+class Backend:
+    """The OpenCode server of a torture: one external simulator for the whole run, or (``spawn``)
+    the server the watchers spawn and hand on to each other (adopted from SPOOL/server.json after
+    every SIGKILL and SIGTERM), a fake `opencode` that is the simulator."""
+
+    def __init__(self, root: Path, spool: Path, workdir: Path, spawn: bool) -> None:
+        self.spool, self.workdir, self.spawn = spool, workdir, spawn
+        self.sim: Proc | None = None
+        self.recorded: set[int] = set()  # pids of the servers recorded with a URL
+        if spawn:
+            fake = root / "bin" / "opencode"
+            fake.parent.mkdir(parents=True, exist_ok=True)
+            fake.write_text(f"#!/bin/sh\nexec {sys.executable} -m occoord simulate --port 0\n")
+            fake.chmod(0o755)
+            self.options = ["--opencode-bin", str(fake)]
+        else:
+            self.sim, url = start_simulator(root / "logs" / "simulator.log", timeout=60)
+            self.options = ["--server", url]
+
+    def note(self) -> None:
+        """After each watcher: which server is recorded now."""
+        record = self._record()
+        if record is not None and record.get("url") and spool_server(self.spool) is not None:
+            self.recorded.add(int(record["pid"]))
+
+    def endpoint(self) -> tuple[str, Any]:
+        """The URL and the Basic auth of the server to check."""
+        if not self.spawn:
+            return self.options[1], None
+        record = self._record() or {}
+        return str(record.get("url", "")), ("opencode", str(record.get("password", "")))
+
+    def stop(self, report: Report) -> None:
+        """Stop the server by its PID; with --spawn, any other left in the workdir is a finding."""
+        if self.sim is not None:
+            self.sim.stop(GRACE)
+            return
+        report.servers = len(self.recorded)
+        if len(self.recorded) > 1:
+            report.finding("lost", f"the server changed ({sorted(self.recorded)}): sessions went with it")
+        stop_spool_server(self.spool, GRACE)
+        for pid in processes_in(self.workdir):
+            report.finding("doubled", f"pid {pid} (a server nobody recorded?) was left running")
+            kill_group(pid)
+
+    def _record(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads((self.spool / "server.json").read_text()))
+        except (OSError, ValueError):
+            return None
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Pids of processes working in ``directory``: a spawned server runs in the watcher's workdir."""
+    target, found = str(directory.resolve()), []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd") == target:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def torture(
     kills: int,
     *,
+    terms: int = 0,
+    spawn: bool = False,
     root: Path,
     seed: int = 1,
     rate: float = 1.5,
@@ -340,18 +492,20 @@ def torture(
         d.mkdir(parents=True, exist_ok=True)
     subprocess.run(occoord_argv("init", "--spool", str(spool)), check=True, capture_output=True)
     began = time.monotonic()
-    sim, url = start_simulator(logs / "simulator.log", timeout=60)
+    backend = Backend(root, spool, workdir, spawn)
     watcher: Proc | None = None
     feeder = Feeder(spool, rng, rate)
     try:
-        argv = watch_argv(spool, workdir, *WATCH_OPTIONS, "--server", url)
+        argv = watch_argv(spool, workdir, *WATCH_OPTIONS, *backend.options)
 
         def start(n: int) -> Proc:
             report.watcher_starts += 1
             return Proc(argv, logs / f"watch-{n:03d}.log", grace=GRACE)
 
         feeder.start()
-        for n in range(kills):
+        stops = ["kill"] * kills + ["term"] * terms
+        rng.shuffle(stops)
+        for n, how in enumerate(stops):
             watcher = start(n)
             if rng.random() < 0.4:
                 time.sleep(rng.uniform(0.0, 1.2))  # anywhere in start-up: imports, recovery, first scan
@@ -366,19 +520,23 @@ def torture(
                 report.problems.append(
                     f"watcher {n} exited by itself ({watcher.returncode}): see {watcher.log}"
                 )
-            watcher.kill9()
+            if how == "kill":
+                watcher.kill9()
+                report.kills += 1
+                report.kills_after_ready += ready
+                report.kills_before_ready += not ready
+            else:
+                terminate(watcher, ready, report)
             watcher = None
-            report.kills += 1
-            report.kills_after_ready += ready
-            report.kills_before_ready += not ready
+            backend.note()
             if (n + 1) % 25 == 0:
                 elapsed = time.monotonic() - began
-                log(f"  {n + 1} kills, {len(feeder.dropped)} manifests dropped, {elapsed:.0f} s")
+                log(f"  {n + 1} stops, {len(feeder.dropped)} manifests dropped, {elapsed:.0f} s")
         feeder.stopping.set()
         feeder.join(30)
         if feeder.error is not None:
             report.problems.append(f"the feeder failed: {feeder.error!r}")
-        log(f"  {kills} kills done; draining {len(feeder.dropped)} manifests with one last watcher")
+        log(f"  {kills} kills and {terms} terms done; draining {len(feeder.dropped)} manifests")
 
         def drained() -> bool:
             if os.listdir(spool / "incoming") or any(
@@ -387,13 +545,13 @@ def torture(
                 return False
             return all((p / "summary.json").exists() for p in (spool / "runs").iterdir())
 
-        watcher = start(kills)
+        watcher = start(len(stops))
         try:
             # Ready first: a SIGTERM during interpreter start-up, before any handler exists, kills it.
             watcher.wait_output(READY, 60)
             wait_for(drained, drain_timeout, 0.5)
         except TimeoutError:
-            report.problems.append(f"not drained within {drain_timeout:.0f} s")
+            report.finding("stuck", f"not drained within {drain_timeout:.0f} s")
         code = watcher.stop()
         watcher = None
         if code != 0:
@@ -405,10 +563,11 @@ def torture(
         old = time.time() - TMP_MAX_AGE - 600
         for path in strays:
             os.utime(path, (old, old), follow_symlinks=False)
-        watcher = start(kills + 1)
+        watcher = start(len(stops) + 1)
         watcher.wait_output(READY, 120)
         watcher.stop()
         watcher = None
+        backend.note()
         left = temp_files(spool)
         report.stray_temp_files_after_ageing = len(left)
         for path in left:
@@ -419,14 +578,24 @@ def torture(
 
         for path in logs.glob("watch-*.log"):
             report.recovery_repairs += path.read_text(errors="replace").count("recovery: ")
-        check(spool, workdir, url, feeder.dropped, report)
+        url, auth = backend.endpoint()
+        check(spool, workdir, url, feeder.dropped, report, auth)
     finally:
         feeder.stopping.set()
         if watcher is not None:
             watcher.kill9()
-        sim.stop(GRACE)
+        backend.stop(report)
     report.seconds = round(time.monotonic() - began, 1)
     return report
+
+
+def figures(report: Report) -> str:
+    """The headline: stops, tasks, and what went wrong (all zero, and at most 1 busy session)."""
+    return (
+        f"kills {report.kills}, terms {report.terms}, tasks {report.tasks}, lost {report.lost}, "
+        f"doubled {report.doubled}, stuck {report.stuck}, "
+        f"max concurrent busy sessions per task {report.max_busy_sessions_per_task}"
+    )
 
 
 def print_report(report: Report) -> None:
@@ -435,6 +604,7 @@ def print_report(report: Report) -> None:
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     print(f"  {'result':<{width}}  {'OK' if report.ok else 'FAILED'}")
+    print(f"  {figures(report)}")
     for problem in report.problems[:50]:
         print(f"  PROBLEM: {problem}")
     for known in report.known[:20]:
@@ -446,6 +616,12 @@ def print_report(report: Report) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=200, help="SIGKILLs of the watcher (default 200)")
+    parser.add_argument("--terms", type=int, default=100, help="SIGTERMs of the watcher (default 100)")
+    parser.add_argument(
+        "--spawn",
+        action="store_true",
+        help="the watchers spawn the server (the simulator as a fake opencode) and hand it on",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=1.5, help="manifests per second (default 1.5)")
     parser.add_argument("--max-kill-delay", type=float, default=2.0, help="seconds after ready (default 2)")
@@ -454,9 +630,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="occoord-torture-"))
-    print(f"occoord torture: {args.kills} kills, seed {args.seed}, in {root}")
+    mode = "spawned server" if args.spawn else "external simulator"
+    print(f"occoord torture: {args.kills} kills, {args.terms} terms, {mode}, seed {args.seed}, in {root}")
     report = torture(
-        args.kills, root=root, seed=args.seed, rate=args.rate, max_kill_delay=args.max_kill_delay
+        args.kills,
+        terms=args.terms,
+        spawn=args.spawn,
+        root=root,
+        seed=args.seed,
+        rate=args.rate,
+        max_kill_delay=args.max_kill_delay,
     )
     print_report(report)
     if args.json:

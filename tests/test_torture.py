@@ -1,6 +1,7 @@
-"""The crash torture (scripts/torture.py) in a short version: 15 SIGKILLs of the watcher at random
-moments while manifests flow in, then every check of the full run. The full run (200 kills) is
-``.venv/bin/python scripts/torture.py``; its last figures are in docs/RELIABILITY.md."""
+"""The crash torture (scripts/torture.py) in a short version: 15 SIGKILLs and 8 SIGTERMs of the
+watcher at random moments while manifests flow in, then every check of the full run; and a shorter
+one in which the watchers spawn the server and hand it on to each other. The full run (200 kills,
+100 terms) is ``.venv/bin/python scripts/torture.py``; its last figures are in docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import httpx
 import pytest
-from spoolkit import new_run
+from spoolkit import new_run, wait_for
 
 from occoord.spool.accept import accept_file, build_run
 from occoord.spool.layout import Spool
@@ -32,15 +35,87 @@ def load_torture() -> ModuleType:
     return module
 
 
-@pytest.mark.timeout(240)
-def test_fifteen_kills_lose_and_double_nothing(tmp_path: Path) -> None:
-    torture = load_torture()
-    report = torture.torture(15, root=tmp_path / "torture", seed=20261125, rate=2.0, drain_timeout=120)
-    torture.print_report(report)
-    assert report.kills == 15
+def assert_clean(report: Any) -> None:
     assert report.manifests >= 10 and report.runs + report.rejections >= report.manifests
+    assert (report.lost, report.doubled, report.stuck) == (0, 0, 0), "\n".join(report.problems)
+    assert report.max_busy_sessions_per_task == 1, "no task ever had two busy sessions at once"
+    assert report.busy_spans >= report.sessions > 0
     assert not report.problems, "\n".join(report.problems)
     # report.known lists findings of the known bugs the tests below pin down deterministically.
+
+
+@pytest.mark.timeout(240)
+def test_fifteen_kills_lose_and_double_nothing(tmp_path: Path) -> None:
+    """15 SIGKILLs and 8 SIGTERMs (clean stops, as `systemctl restart`) in a random order, against
+    one external simulator."""
+    torture = load_torture()
+    report = torture.torture(
+        15, terms=8, root=tmp_path / "torture", seed=20261125, rate=2.0, drain_timeout=120
+    )
+    torture.print_report(report)
+    assert (report.kills, report.terms) == (15, 8)
+    assert report.terms_after_ready > 0, "some clean stops hit a serving watcher"
+    assert_clean(report)
+
+
+@pytest.mark.timeout(240)
+def test_a_spawned_server_is_handed_on_through_kills_and_terms(tmp_path: Path) -> None:
+    """The watchers spawn the server themselves (the simulator as a fake `opencode`): after every
+    SIGKILL and SIGTERM the next watcher re-uses it, so one server serves the whole run, and none
+    is left running unrecorded."""
+    torture = load_torture()
+    report = torture.torture(
+        6, terms=6, spawn=True, root=tmp_path / "torture", seed=11, rate=2.0, drain_timeout=120
+    )
+    torture.print_report(report)
+    assert (report.kills, report.terms, report.servers) == (6, 6, 1)
+    assert_clean(report)
+
+
+def test_busy_spans_of_one_task_must_not_overlap() -> None:
+    torture = load_torture()
+    assert torture.most_at_once([(0.0, 1.0), (1.0, 2.0), (2.5, 3.0)]) == 1, "touching is not overlapping"
+    assert torture.most_at_once([(0.0, 2.0), (1.0, 3.0), (1.5, 1.6)]) == 3
+    span = {"session": "ses_x", "start": 0.0, "end": 1.0}
+    report = torture.Report()
+    torture.check_busy(
+        [
+            {**span, "title": "occoord r1/a#1"},
+            {**span, "title": "occoord r1/a#2", "start": 1.0, "end": None},  # a retry, after
+            {**span, "title": "occoord r1/b#1", "start": 0.5},  # another task: no matter
+            {**span, "title": "occoord r2/a#1", "start": 0.5, "end": 5.0},
+            {**span, "title": "occoord r2/a#2", "start": 4.0, "end": None},  # while #1 still ran
+        ],
+        report,
+    )
+    assert report.max_busy_sessions_per_task == 2
+    assert report.doubled == 1 and "occoord r2/a: 2 sessions busy at once" in report.problems[0]
+
+
+def test_the_simulator_reports_each_sessions_busy_spans() -> None:
+    from occoord.sim.simulator import Simulator
+
+    sim = Simulator()
+    url = sim.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            sid = http.post("/session", json={"title": "occoord r/t#1"}).json()["id"]
+            other = http.post("/session", json={"title": "someone else"}).json()["id"]
+            for session in (sid, sid, other):  # two turns of one session: two spans
+                parts = [{"type": "text", "text": "[sim: work 0.05]"}]
+                assert http.post(f"/session/{session}/message", json={"parts": parts}).status_code == 200
+            spans = http.get("/sim/busy", params={"prefix": "occoord "}).json()
+            busy = http.post("/session", json={"title": "occoord r/u#1"}).json()["id"]
+            http.post(
+                f"/session/{busy}/prompt_async", json={"parts": [{"type": "text", "text": "[sim: hang]"}]}
+            )
+            open_spans = wait_for(lambda: http.get("/sim/busy", params={"prefix": "occoord r/u"}).json())
+    finally:
+        sim.stop()
+    assert [(s["session"], s["title"]) for s in spans] == [(sid, "occoord r/t#1")] * 2
+    assert all(s["start"] < s["end"] for s in spans) and spans[0]["end"] <= spans[1]["start"]
+    assert [(s["session"], s["end"]) for s in open_spans] == [(busy, None)], "still busy: no end"
+    assert len(sim.busy_spans) == 4
 
 
 def test_recovery_removes_old_temp_files_wherever_atomic_write_leaves_them(spool: Spool) -> None:

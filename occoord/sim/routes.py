@@ -67,6 +67,7 @@ class Routes:
         r.add_post("/question/{rid}/reply", self._question_reply)
         r.add_post("/question/{rid}/reject", self._question_reject)
         r.add_post("/instance/dispose", self._dispose)
+        r.add_get("/sim/busy", self._busy_spans)  # the simulator's own: no OpenCode route
         return app
 
     @web.middleware
@@ -200,6 +201,10 @@ class Routes:
             return web.json_response(False)
         await self.engine.abort(sess)
         return web.json_response(True)
+
+    async def _busy_spans(self, request: web.Request) -> web.Response:
+        """Every span in which a session was busy, of sessions whose title starts with ``prefix``."""
+        return web.json_response(self.engine.busy_log.to_api(request.query.get("prefix", "")))
 
     async def _dispose(self, request: web.Request) -> web.Response:
         await self.engine.dispose(self._directory(request))

@@ -18,7 +18,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from occoord.sim.state import JSON, Bus, SimSession
+from occoord.sim.state import JSON, Bus, BusySpan, SimSession
 from occoord.sim.turn import Engine
 
 if TYPE_CHECKING:
@@ -79,6 +79,11 @@ class Simulator:
     def received(self) -> list[tuple[float, str]]:
         """``(time.monotonic(), session id)`` of every prompt accepted so far, oldest first (live list)."""
         return self.engine.received
+
+    @property
+    def busy_spans(self) -> list[BusySpan]:
+        """Every span in which a session was busy, oldest first (also ``GET /sim/busy?prefix=``)."""
+        return list(self.engine.busy_log.spans)
 
     def session_count(self) -> int:
         return len(self.engine.sessions)

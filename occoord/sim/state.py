@@ -18,7 +18,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Bus", "PendingAsk", "Prompt", "SimSession", "Subscriber", "new_id", "now_ms"]
+__all__ = [
+    "Bus",
+    "BusyLog",
+    "BusySpan",
+    "PendingAsk",
+    "Prompt",
+    "SimSession",
+    "Subscriber",
+    "new_id",
+    "now_ms",
+]
 
 JSON = dict[str, Any]
 
@@ -136,6 +146,43 @@ class SimSession:
         message: JSON = {"info": info, "parts": []}
         self.messages.append(message)
         return message
+
+
+@dataclass
+class BusySpan:
+    """One stretch of time a session was busy (``time.monotonic()``, which on Linux is one clock for
+    every process, so spans compare with stamps taken elsewhere). ``end`` is None while it lasts."""
+
+    session: str
+    title: str  # the session's title when the span began
+    start: float
+    end: float | None = None
+
+    def to_api(self) -> JSON:
+        return {"session": self.session, "title": self.title, "start": self.start, "end": self.end}
+
+
+class BusyLog:
+    """Every span in which a session was busy, seen from the server's side: what tells a harness
+    whether two sessions of one task (titles ``occoord RUN/TASK#N``) ever ran at the same time."""
+
+    def __init__(self) -> None:
+        self.spans: list[BusySpan] = []
+        self._open: dict[str, BusySpan] = {}
+
+    def begin(self, sess: SimSession) -> None:
+        if sess.id not in self._open:
+            span = BusySpan(sess.id, sess.title, time.monotonic())
+            self.spans.append(span)
+            self._open[sess.id] = span
+
+    def end(self, sess: SimSession) -> None:
+        span = self._open.pop(sess.id, None)
+        if span is not None:
+            span.end = time.monotonic()
+
+    def to_api(self, prefix: str = "") -> list[JSON]:
+        return [span.to_api() for span in self.spans if span.title.startswith(prefix)]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from occoord.sim.script import ErrorSpec, Script, parse_script, perform_signal, usage_for
-from occoord.sim.state import JSON, Bus, PendingAsk, Prompt, SimSession, new_id, now_ms
+from occoord.sim.state import JSON, Bus, BusyLog, PendingAsk, Prompt, SimSession, new_id, now_ms
 
 __all__ = ["ABORTED", "Engine"]
 
@@ -42,6 +42,7 @@ class Engine:
         self.busy: dict[str, SimSession] = {}
         self.pending: dict[str, PendingAsk] = {}
         self.bus = Bus(queue_size)
+        self.busy_log = BusyLog()
         self.signal_errors: list[str] = []
         # (time.monotonic(), session id) of every prompt as it is accepted, in order: one append per
         # prompt, read by benchmarks to time "file renamed -> prompt received" (CLOCK_MONOTONIC is
@@ -69,6 +70,7 @@ class Engine:
         """Forget the session; a running turn is cut without events (the session no longer exists)."""
         self.sessions.pop(sess.id, None)
         self.busy.pop(sess.id, None)
+        self.busy_log.end(sess)
         sess.status = None
         if sess.runner is not None and not sess.runner.done():
             sess.runner.cancel()
@@ -139,8 +141,10 @@ class Engine:
         sess.status = status
         if status is None:
             self.busy.pop(sess.id, None)
+            self.busy_log.end(sess)
         else:
             self.busy[sess.id] = sess
+            self.busy_log.begin(sess)
         shown = status if status is not None else {"type": "idle"}
         self._emit(sess, "session.status", {"sessionID": sess.id, "status": shown})
 
