@@ -14,9 +14,13 @@ from pathlib import Path
 import click
 
 from occoord import __version__
+from occoord.cli.attach import attach
 from occoord.cli.common import open_spool, spool_option
+from occoord.cli.logs import logs
 from occoord.cli.manage import cancel, retry
 from occoord.cli.running import run, simulate, watch
+from occoord.cli.status import hold, resume, status
+from occoord.cli.top import top
 from occoord.errors import (
     ConfigError,
     IllegalTransition,
@@ -140,19 +144,7 @@ def signal(spool_dir: Path, run_id: str, task: str, state: str, message: str) ->
     click.echo(f"{run_id}/{task}: {record.state}")
 
 
-@cli.command()
-@spool_option
-@click.argument("run_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(spool_dir: Path, run_id: str | None, as_json: bool) -> None:
-    """Show runs (or one run's tasks), read from the spool's files alone."""
-    from occoord.cli.status import print_status
-
-    spool = open_spool(spool_dir, create=False)
-    print_status(spool, run_id, as_json)
-
-
-for _command in (watch, run, cancel, retry, simulate):
+for _command in (watch, run, cancel, retry, simulate, status, hold, resume, top, logs, attach):
     cli.add_command(_command)
 
 

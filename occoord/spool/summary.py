@@ -1,15 +1,25 @@
-"""``summary.json`` and ``summary.md``: written when every task of a run is terminal."""
+"""``summary.json`` and ``summary.md``: written when every task of a run is terminal.
+
+A task whose record has ``details["usage"]`` (cost and tokens, in the shape of
+``occoord.opencode.usage.Usage.to_json``) shows it, and the run shows the totals. The spool reads
+that shape on its own, without the opencode package: both layers are independent, and a record is a
+file anyone may have written, so every number is checked here.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from occoord.fsutil import atomic_write
 from occoord.spool.layout import Run
 
-__all__ = ["write_summary"]
+__all__ = ["record_usage", "sum_usage", "usage_text", "write_summary"]
+
+_TOKEN_KEYS = ("input", "output", "reasoning")
+_CACHE_KEYS = ("read", "write")
 
 
 def _seconds(start: str, end: str) -> float | None:
@@ -21,9 +31,78 @@ def _seconds(start: str, end: str) -> float | None:
     return round((b - a).total_seconds(), 3)
 
 
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if value == value and abs(value) != float("inf") else 0.0
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def record_usage(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A record's ``details["usage"]``, normalised (every field present, numbers only); None when
+    the record has none."""
+    raw = details.get("usage")
+    if not isinstance(raw, Mapping):
+        return None
+    return sum_usage([raw])
+
+
+def sum_usage(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum of usage dicts, in the same shape (``cost``, ``tokens{input, output, reasoning,
+    cache{read, write}, total}``, ``messages``, ``sessions``)."""
+    cost = 0.0
+    tokens = dict.fromkeys(_TOKEN_KEYS, 0)
+    cache = dict.fromkeys(_CACHE_KEYS, 0)
+    messages = sessions = 0
+    for item in items:
+        cost += _number(item.get("cost"))
+        raw_tokens = _map(item.get("tokens"))
+        for key in _TOKEN_KEYS:
+            tokens[key] += int(_number(raw_tokens.get(key)))
+        raw_cache = _map(raw_tokens.get("cache"))
+        for key in _CACHE_KEYS:
+            cache[key] += int(_number(raw_cache.get(key)))
+        messages += int(_number(item.get("messages")))
+        sessions += int(_number(item.get("sessions")))
+    total = sum(tokens.values()) + sum(cache.values())
+    return {
+        "cost": round(cost, 6),
+        "tokens": {**tokens, "cache": cache, "total": total},
+        "messages": messages,
+        "sessions": sessions,
+    }
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    if n >= 1000:
+        return f"{n / 1000:.1f}k"
+    return str(n)
+
+
+def usage_text(usage: Mapping[str, Any] | None, *, detailed: bool = False) -> str:
+    """``$0.0123, 1.2k tokens`` (with ``detailed``: ``(in 1000, out 150, ...)`` too); "" for None."""
+    if usage is None:
+        return ""
+    tokens = _map(usage.get("tokens"))
+    cache = _map(tokens.get("cache"))
+    text = f"${_number(usage.get('cost')):.4f}, {_count(int(_number(tokens.get('total'))))} tokens"
+    if detailed:
+        parts = [f"{key} {int(_number(tokens.get(key)))}" for key in _TOKEN_KEYS]
+        parts += [f"cache {key} {int(_number(cache.get(key)))}" for key in _CACHE_KEYS]
+        text += f" ({', '.join(parts)})"
+    return text
+
+
 def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
     records = run.records()
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for spec in run.manifest.tasks:
         record = records.get(spec.id)
         details = dict(record.details) if record else {}
@@ -37,10 +116,12 @@ def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
                 "session_id": record.session_id if record else None,
                 "reason": record.reason if record else "no state file",
                 "server_version": details.get("server_version"),
+                "usage": record_usage(details),
             }
         )
     ok = all(t["state"] == "done" for t in tasks)
     counts = {s: sum(1 for t in tasks if t["state"] == s) for s in ("done", "failed")}
+    used = [t["usage"] for t in tasks if t["usage"] is not None]
     summary: dict[str, Any] = {
         "protocol": 1,
         "run": run.id,
@@ -49,22 +130,37 @@ def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
         "accepted_at": run.accepted_at,
         "tasks": tasks,
         "counts": counts,
+        "usage": sum_usage(used) if used else None,
     }
     atomic_write(run.dir / "summary.json", json.dumps(summary, indent=1).encode() + b"\n", durable=durable)
+    atomic_write(run.dir / "summary.md", _markdown(run, summary).encode(), durable=durable)
+    return summary
+
+
+def _markdown(run: Run, summary: dict[str, Any]) -> str:
+    counts, tasks, total = summary["counts"], summary["tasks"], summary["usage"]
     lines = [
         f"# {run.manifest.name} ({run.id})",
         "",
-        f"**{'all tasks done' if ok else 'some tasks failed'}**: "
+        f"**{'all tasks done' if summary['ok'] else 'some tasks failed'}**: "
         f"{counts['done']} done, {counts['failed']} failed",
         "",
-        "| task | state | attempts | duration (s) | session | reason |",
-        "|---|---|---|---|---|---|",
+    ]
+    if total is not None:
+        lines += [f"Cost and tokens: {usage_text(total, detailed=True)}", ""]
+    usage_head, usage_rule = (" tokens | cost |", "---|---|") if total is not None else ("", "")
+    lines += [
+        f"| task | state | attempts | duration (s) | session |{usage_head} reason |",
+        f"|---|---|---|---|---|{usage_rule}---|",
     ]
     for t in tasks:
         reason = str(t["reason"] or "").replace("|", "\\|").replace("\n", " ")
+        used = ""
+        if total is not None:
+            u = t["usage"]
+            used = f" {u['tokens']['total']} | {u['cost']:.4f} |" if u else " | |"
         lines.append(
             f"| {t['task']} | {t['state']} | {t['attempts']} | {t['duration_s'] or ''} "
-            f"| {t['session_id'] or ''} | {reason} |"
+            f"| {t['session_id'] or ''} |{used} {reason} |"
         )
-    atomic_write(run.dir / "summary.md", ("\n".join(lines) + "\n").encode(), durable=durable)
-    return summary
+    return "\n".join(lines) + "\n"
