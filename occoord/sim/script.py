@@ -63,6 +63,7 @@ class Script:
     signal: str | None = None
     usage: tuple[tuple[str, float], ...] = ()
     subagent: bool = False
+    say: str | None = None
 
 
 def _parse_error(arg: str) -> ErrorSpec:
@@ -103,6 +104,8 @@ def parse_script(text: str) -> Script:
             values["usage"] = _parse_usage(arg)
         elif kind == "subagent":
             values["subagent"] = True
+        elif kind == "say" and arg:
+            values["say"] = arg
     return Script(**values)  # type: ignore[arg-type]
 
 

@@ -195,7 +195,10 @@ class Engine:
         return msg
 
     async def _play(self, sess: SimSession, msg: JSON, script: Script, text: str) -> None:
-        """The middle of a turn: asks, work, signal and scripted failure, in that order."""
+        """The middle of a turn: words, asks, work, signal and scripted failure, in that order."""
+        if script.say:  # words before the work, as an agent says what it is about to do
+            said = {"type": "text", "text": script.say, "time": {"start": now_ms(), "end": now_ms()}}
+            self._part(sess, msg, said, delta=script.say)
         if script.ask:
             await self._ask_permission(sess, msg, script.ask)
         if script.question:

@@ -92,9 +92,9 @@ async def _turn(client: OpenCodeClient, directory: str, text: str) -> str:
     deadline = time.monotonic() + 60
     while True:  # polled, not streamed: this test is about the messages, not the events
         messages = await client.messages(session.id, directory)
-        if any(m.role == "assistant" and m.completed for m in messages):
-            if session.id not in await client.session_status(directory):
-                return session.id
+        ended = any(m.role == "assistant" and m.completed for m in messages)
+        if ended and session.id not in await client.session_status(directory):
+            return session.id
         assert time.monotonic() < deadline, "the turn did not end"
         await asyncio.sleep(0.05)
 
