@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "ApiError",
     "ConfigError",
+    "GitError",
     "IllegalTransition",
     "Locked",
     "ManifestError",
@@ -190,3 +191,19 @@ class SessionBusy(OccoordError):
 
     def __str__(self) -> str:
         return f"session {self.session_id} is still busy after an abort"
+
+
+class GitError(OccoordError):
+    """A git command failed, or a repository or worktree is not in the state an operation needs.
+
+    ``where`` is the repository or worktree it is about; ``command`` the git argv, if one ran.
+    """
+
+    def __init__(self, where: str, reason: str, *, command: Sequence[str] = ()) -> None:
+        super().__init__(where, reason)
+        self.where = where
+        self.reason = reason
+        self.command = tuple(command)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"

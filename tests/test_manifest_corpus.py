@@ -4,14 +4,17 @@
 them, every problem each must report (field path and reason) and nothing else. ``manifests/good/``
 (and the shipped examples) must parse, and their resolved form, ``Manifest.to_json``, must parse
 back to the same manifest. ``@MANIFESTS@`` in a file stands for the absolute path of
-``manifests/`` (a manifest's directories must be absolute), so such files are copied with it
-filled in before loading.
+``manifests/`` (a manifest's directories must be absolute), ``@REPO@`` for a git repository made
+for the test (``main`` two commits long with a folder ``src``, a tag ``v1`` on its first commit, a
+branch ``feature`` off ``v1``), and ``@PLAIN@`` for a folder in no repository; such files are
+copied with them filled in before loading.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import yaml
 from occoord.errors import ManifestError, ManifestProblem
 from occoord.manifest.build import MAX_CYCLES, find_cycles
 from occoord.manifest.checks import did_you_mean
-from occoord.manifest.load import load_manifest, parse_manifest
+from occoord.manifest.load import load_manifest, manifest_from_plan, parse_manifest
 from occoord.manifest.model import (
     DEFAULT_KEYS,
     HOOK_KEYS,
@@ -40,6 +43,7 @@ GOOD = CORPUS / "good"
 EXPECTATIONS = BAD / "expected.json"
 EXAMPLES = Path(__file__).parent.parent / "contrib" / "examples"
 PLACEHOLDER = "@MANIFESTS@"
+REPO, PLAIN = "@REPO@", "@PLAIN@"
 ROOT = "(root)"  # the field written in expected.json for a problem about the whole file
 GAP = "…"  # separates substrings of an expected reason that must appear in order
 
@@ -129,13 +133,49 @@ def good_paths() -> list[Path]:
 
 
 def materialize(path: Path, tmp_path: Path) -> Path:
-    """``path`` itself, or a copy in ``tmp_path`` with ``@MANIFESTS@`` filled in."""
+    """``path`` itself, or a copy in ``tmp_path`` with the placeholders filled in."""
     data = path.read_bytes()
-    if PLACEHOLDER.encode() not in data:
+    if not any(p.encode() in data for p in (PLACEHOLDER, REPO, PLAIN)):
         return path
+    data = data.replace(PLACEHOLDER.encode(), str(CORPUS).encode())
+    if REPO.encode() in data:
+        data = data.replace(REPO.encode(), str(corpus_repo(tmp_path)).encode())
+    if PLAIN.encode() in data:
+        plain = tmp_path / "plain"
+        plain.mkdir(exist_ok=True)
+        data = data.replace(PLAIN.encode(), str(plain).encode())
     copy = tmp_path / path.name
-    copy.write_bytes(data.replace(PLACEHOLDER.encode(), str(CORPUS).encode()))
+    copy.write_bytes(data)
     return copy
+
+
+def corpus_repo(tmp_path: Path) -> Path:
+    """The git repository ``@REPO@`` stands for (made once per test)."""
+    repo = tmp_path / "repo"
+    if repo.exists():
+        return repo
+
+    def git(*args: str) -> None:
+        identity = ["-c", "user.name=Corpus", "-c", "user.email=corpus@example.com"]
+        subprocess.run(["git", *identity, *args], cwd=repo, check=True, capture_output=True, timeout=60)
+
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "app.py").write_text("print('app')\n")
+    git("init", "--quiet", "--initial-branch=main")
+    git("add", "--all")
+    git("commit", "--quiet", "-m", "initial")
+    git("tag", "v1")
+    git("branch", "feature")
+    git("commit", "--quiet", "--allow-empty", "-m", "on main")
+    git("checkout", "--quiet", "feature")
+    git("commit", "--quiet", "--allow-empty", "-m", "feature work")
+    git("checkout", "--quiet", "main")
+    return repo
+
+
+def rev(repo: Path, name: str) -> str:
+    done = subprocess.run(["git", "rev-parse", name], cwd=repo, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def decode(path: Path) -> Any:
@@ -257,6 +297,9 @@ def test_a_deeply_nested_document_is_an_error_not_a_crash(fmt: str) -> None:
         ("retry", DEFAULT_KEYS, "retries"),
         ("retires", DEFAULT_KEYS, "retries"),
         ("dir", TASK_KEYS, "directory"),
+        ("worktrees", DEFAULT_KEYS, "worktree"),
+        ("keep", TASK_KEYS, "keep_worktree"),
+        ("base_ref", DEFAULT_KEYS, "base"),
         ("desc", TASK_KEYS, "description"),
         ("dependencies", TASK_KEYS, "depends_on"),
         ("prompts", TASK_KEYS, "prompt"),
@@ -358,3 +401,78 @@ def test_a_parsed_manifest_is_immutable() -> None:
     manifest: Manifest = load_manifest(GOOD / "minimal.json")
     with pytest.raises(AttributeError):
         manifest.name = "other"  # type: ignore[misc]
+
+
+# -- worktree tasks (issue 12) ---------------------------------------------------------------
+
+
+def test_worktree_fields_are_resolved_and_bases_become_commits(tmp_path: Path) -> None:
+    manifest = load_manifest(materialize(GOOD / "worktrees.yaml", tmp_path))
+    repo = corpus_repo(tmp_path)
+    plan, build, docs, odd, plain = manifest.tasks
+    assert (plan.worktree, plan.base, plan.base_commit, plan.keep_worktree) == (
+        True,
+        "main",
+        rev(repo, "main"),
+        "on_failure",
+    )
+    assert (build.directory, build.base_commit, build.keep_worktree) == (
+        f"{repo}/src",
+        rev(repo, "main"),
+        "always",
+    )
+    assert (docs.base, docs.base_commit, docs.keep_worktree) == ("v1", rev(repo, "v1"), "never")
+    assert odd.base_commit == rev(repo, "v1")
+    assert (plain.worktree, plain.base_commit) == (False, None)  # git is not asked for it
+
+
+def test_a_plain_plan_is_unchanged_by_the_worktree_fields(tmp_path: Path) -> None:
+    new_keys = {"worktree", "base", "base_commit", "keep_worktree"}
+    for name in ("minimal.json", "readme-example.yaml", "every-field.yaml", "diamond.json"):
+        plan = load_manifest(materialize(GOOD / name, tmp_path)).to_json()
+        assert all(not new_keys & set(task) for task in plan["tasks"]), name
+
+
+def test_the_base_is_resolved_once_and_the_plan_keeps_the_commit(tmp_path: Path) -> None:
+    manifest = load_manifest(materialize(GOOD / "worktrees.yaml", tmp_path))
+    repo = corpus_repo(tmp_path)
+    before = rev(repo, "main")
+    subprocess.run(
+        ["git", "-c", "user.name=u", "-c", "user.email=u@e", "commit", "-q", "--allow-empty", "-m", "later"],
+        cwd=repo,
+        check=True,
+    )
+    assert rev(repo, "main") != before
+    plan = json.loads(json.dumps(manifest.to_json()))
+    assert parse_manifest(json.dumps(plan).encode()).task("plan").base_commit == before
+    assert manifest_from_plan(plan, source="run.json") == manifest
+    fresh = load_manifest(materialize(GOOD / "worktrees.yaml", tmp_path))
+    assert fresh.task("plan").base_commit == rev(repo, "main")
+
+
+def test_a_stored_plan_is_not_checked_against_git() -> None:
+    commit = "a" * 40
+    plan = {
+        "tasks": [
+            {"id": "a", "prompt": "x", "worktree": True, "directory": "/gone", "base_commit": commit},
+            {"id": "b", "prompt": "x", "worktree": True, "directory": "/gone", "base": "nowhere"},
+        ]
+    }
+    manifest = manifest_from_plan(plan, source="run.json")
+    assert [(t.base_commit, t.base) for t in manifest.tasks] == [(commit, None), (None, "nowhere")]
+    with pytest.raises(ManifestError) as info:
+        manifest_from_plan({"tasks": [{"id": "a", "prompt": "x", "worktree": True}]}, source="run.json")
+    assert_problems(info.value, expect("tasks[0].directory: missing: worktree: true needs"))
+
+
+def test_a_repository_without_commits_has_no_default_base(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subprocess.run(["git", "init", "--quiet"], cwd=empty, check=True)
+    doc = {"defaults": {"worktree": True, "directory": str(empty)}, "tasks": [{"id": "a", "prompt": "x"}]}
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(json.dumps(doc).encode())
+    assert_problems(
+        info.value,
+        expect(f"defaults.directory: the repository '{empty}' has no commit yet: HEAD, the default base"),
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from occoord.cli.main import cli
 from occoord.engine.prompting import build_prompt, session_title
 from occoord.errors import ManifestError
 from occoord.manifest.load import manifest_from_plan, parse_manifest
-from occoord.manifest.model import Manifest
+from occoord.manifest.model import KEEP_WORKTREE, Manifest
 from occoord.spool.accept import accept_file
 from occoord.spool.layout import Spool
 from occoord.spool.summary import write_summary
@@ -91,6 +92,7 @@ NICE: dict[str, st.SearchStrategy[Any]] = {
     "role": TEXT,
     "description": TEXT,
     "command": WORD | st.lists(TEXT, min_size=1, max_size=3),
+    "base": st.sampled_from(["HEAD", "main", "v1", "HEAD~0", "main^{commit}", "no-such-branch"]),
 }
 
 
@@ -120,6 +122,9 @@ def manifests(draw: st.DrawFn, base: str) -> dict[str, Any]:
         fill(out, "directory", directories, "directory")
         fill(out, "timeout", NICE["timeout"], "number" if draw(st.booleans()) else "text")
         fill(out, "retries", NICE["retries"], "number")
+        fill(out, "worktree", st.booleans(), "number" if draw(st.booleans()) else "text")
+        fill(out, "base", NICE["base"])  # hostile ones go to git itself: the playground is a repository
+        fill(out, "keep_worktree", st.sampled_from(KEEP_WORKTREE))
         return out
 
     doc: dict[str, Any] = {}
@@ -165,7 +170,8 @@ def encode(doc: dict[str, Any], fmt: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def playground(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A task directory holding prompt files good and bad, as the strategies name them."""
+    """A task directory holding prompt files good and bad, as the strategies name them; a git
+    repository (branch ``main``, tag ``v1``), so that worktree tasks can be accepted too."""
     base = tmp_path_factory.mktemp("playground")
     (base / "sub").mkdir()
     (base / "p.md").write_text("Do the thing.\n")
@@ -174,6 +180,13 @@ def playground(tmp_path_factory: pytest.TempPathFactory) -> str:
     (base / "nul.md").write_bytes(b"binary\x00\n")
     (base / "latin1.md").write_bytes("caf\xe9\n".encode("latin-1"))
     (base / "link.md").symlink_to(base / "p.md")
+    identity = ["-c", "user.name=Fuzz", "-c", "user.email=fuzz@example.com"]
+    for args in (
+        ["init", "-q", "--initial-branch=main"],
+        ["commit", "-q", "--allow-empty", "-m", "x"],
+        ["tag", "v1"],
+    ):
+        subprocess.run(["git", *identity, *args], cwd=base, check=True, capture_output=True, timeout=60)
     return str(base)
 
 

@@ -114,6 +114,15 @@ PATTERN_SAMPLES = [
     *("", " ", " \t\n", "ok ", "\u00a0", "\u3000x"),
     *("5s", "0s", "0.0m", " 15m ", "15m\n", "1.5h", "0.5", "00", "10", "\u0665s", "15M", "1d"),
     *("a/b", "/b", "a/", " /b", "a/ ", "p/m/x", "a/b\nc"),
+    *(
+        "-",
+        "--all",
+        "HEAD~2",
+        "main@{1}",
+        "0123456789abcdef" * 2 + "01234567",
+        "0123456789ABCDEF" * 2 + "01234567",
+    ),
+    *("never", "on_failure", "always", "Always", "always\n"),
 ]
 
 
@@ -157,6 +166,9 @@ def test_schema_patterns_mean_the_same_to_ecma_262(schema: dict[str, Any], tmp_p
         ("prompt", lambda v: {"tasks": [{"id": "t", "prompt": v}]}),
         ("name", lambda v: {"name": v, "tasks": [{"id": "t", "prompt": "x"}]}),
         ("prompt_file", lambda v: {"tasks": [{"id": "t", "prompt_file": v, "directory": "/nonexistent"}]}),
+        ("base", lambda v: {"defaults": {"base": v}, "tasks": [{"id": "t", "prompt": "x"}]}),
+        ("base_commit", lambda v: {"tasks": [{"id": "t", "prompt": "x", "base_commit": v}]}),
+        ("keep_worktree", lambda v: {"tasks": [{"id": "t", "prompt": "x", "keep_worktree": v}]}),
     ],
 )
 def test_schema_and_parser_agree_on_string_values(field: str, wrap: Any, validator: Any) -> None:

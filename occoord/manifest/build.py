@@ -22,6 +22,7 @@ from occoord.manifest.model import (
     TaskSpec,
     is_valid_id,
 )
+from occoord.manifest.repos import Repositories, check_worktree
 
 __all__ = ["MAX_CYCLES", "build_manifest", "find_cycles"]
 
@@ -83,13 +84,14 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
     seen: dict[str, int] = {}  # valid id -> index of the first task that has it
     graph: dict[str, tuple[str, ...]] = {}  # and its valid dependencies, whatever else is wrong
     deps_at: list[tuple[str, tuple[str, ...]]] = []  # (field, dependencies) of each task
+    repos = Repositories()
     for index, raw in enumerate(raw_tasks):
         where = f"tasks[{index}]"
         if not isinstance(raw, dict):
             checker.add(where, f"must be an object, got {kind(raw)}")
             continue
         checker.keys(where, raw, TASK_KEYS)
-        spec, task_id, depends = _task(checker, where, raw, defaults)
+        spec, task_id, depends = _task(checker, repos, where, raw, defaults)
         deps_at.append((f"{where}.depends_on", depends))
         if task_id is None:
             continue
@@ -135,11 +137,17 @@ def _common_fields(checker: Checker, where: str, raw: dict[str, Any]) -> dict[st
         out["timeout"] = checker.timeout(f"{where}.timeout", raw["timeout"])
     if "retries" in raw:
         out["retries"] = checker.integer(f"{where}.retries", raw["retries"], 0)
+    if "worktree" in raw:
+        out["worktree"] = checker.boolean(f"{where}.worktree", raw["worktree"])
+    if "base" in raw:
+        out["base"] = checker.revision(f"{where}.base", raw["base"])
+    if "keep_worktree" in raw:
+        out["keep_worktree"] = checker.keep_worktree(f"{where}.keep_worktree", raw["keep_worktree"])
     return out
 
 
 def _task(
-    checker: Checker, where: str, raw: dict[str, Any], defaults: dict[str, Any]
+    checker: Checker, repos: Repositories, where: str, raw: dict[str, Any], defaults: dict[str, Any]
 ) -> tuple[TaskSpec | None, str | None, tuple[str, ...]]:
     """(the task or None if it has a problem, its id if valid, its valid dependencies)."""
 
@@ -161,8 +169,10 @@ def _task(
     depends = (
         _depends(checker, f"{where}.depends_on", raw["depends_on"], valid_id) if "depends_on" in raw else ()
     )
+    pinned = checker.commit_id(f"{where}.base_commit", raw["base_commit"]) if "base_commit" in raw else None
     # a directory that was given but is wrong is reported as such, not also as a missing one
     prompt = _prompt(checker, where, raw, fields.get("directory"), given="directory" in fields)
+    base_commit = check_worktree(checker, repos, where, raw, fields, pinned)
     if len(checker.problems) > before or valid_id is None or prompt is None:
         return None, valid_id, depends
     model: ModelRef | None = fields.get("model")
@@ -177,6 +187,10 @@ def _task(
         depends_on=depends,
         timeout=fields.get("timeout"),
         retries=fields["retries"] if fields.get("retries") is not None else 2,
+        worktree=fields.get("worktree") is True,
+        base=fields.get("base"),
+        base_commit=base_commit,
+        keep_worktree=fields.get("keep_worktree") or "on_failure",
     )
     return spec, valid_id, depends
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from occoord.errors import ManifestProblem
-from occoord.manifest.model import ModelRef, parse_duration
+from occoord.manifest.model import COMMIT_PATTERN, KEEP_WORKTREE, KeepWorktree, ModelRef, parse_duration
 
 __all__ = ["Checker", "did_you_mean", "kind", "show", "shown_path", "unusable_text"]
 
@@ -29,6 +29,12 @@ class Checker:
 
     def add(self, where: str, reason: str) -> None:
         self.problems.append(ManifestProblem(where, reason))
+
+    def add_once(self, where: str, reason: str) -> None:
+        """``add``, unless that very problem is known: one found in ``defaults`` is reported once,
+        not once for each task that inherits it."""
+        if ManifestProblem(where, reason) not in self.problems:
+            self.add(where, reason)
 
     def keys(self, where: str, obj: Mapping[Any, Any], allowed: Sequence[str]) -> None:
         for key in obj:
@@ -90,6 +96,34 @@ class Checker:
             self.add(where, f"directory {show(text, _PATH_SHOWN)} {problem}")
             return None
         return str(path)
+
+    def boolean(self, where: str, value: object) -> bool | None:
+        if not isinstance(value, bool):
+            self.add(where, f"must be true or false, got {kind(value)}")
+            return None
+        return value
+
+    def keep_worktree(self, where: str, value: object) -> KeepWorktree | None:
+        choice = next((c for c in KEEP_WORKTREE if c == value), None)
+        if choice is None:
+            self.add(where, f"must be one of {', '.join(KEEP_WORKTREE)}, got {show(value)}")
+        return choice
+
+    def revision(self, where: str, value: object) -> str | None:
+        """A git rev (a branch, tag, commit id, ``HEAD~2``...); whether it names a commit is checked
+        against the repository, with the directories."""
+        text = self.string(where, value, empty_ok=False)
+        if text is not None and text.startswith("-"):
+            self.add(where, f"must be a branch, tag or commit, not an option: {show(text)}")
+            return None
+        return text
+
+    def commit_id(self, where: str, value: object) -> str | None:
+        text = self.string(where, value)
+        if text is not None and not COMMIT_PATTERN.fullmatch(text):
+            self.add(where, f"must be a full commit id (40 or 64 lowercase hex digits), got {show(text)}")
+            return None
+        return text
 
     def timeout(self, where: str, value: object) -> float | None:
         seconds = parse_duration(value)

@@ -26,7 +26,10 @@ def parse_manifest(
     fmt: str = "json",
     check_dirs: bool = True,
 ) -> Manifest:
-    """Decode and validate a manifest. ``fmt`` is ``json`` or ``yaml``; ``source`` names it in errors."""
+    """Decode and validate a manifest. ``fmt`` is ``json`` or ``yaml``; ``source`` names it in errors.
+
+    ``check_dirs``: also check the directories on disk and, for worktree tasks, against git (a
+    repository, a ``base`` that names a commit, resolved here into ``base_commit``)."""
 
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(source, [ManifestProblem("", f"file is {len(data)} bytes, over the 1 MiB limit")])

@@ -1,7 +1,7 @@
 """The manifest model: frozen dataclasses, the keys a manifest may hold, and what an id is.
 
 Past the parsing edge (``load``), manifests are immutable and fully resolved: defaults applied,
-prompt files read, dependencies checked.
+prompt files read, dependencies checked, worktree tasks' bases resolved to commits.
 """
 
 from __future__ import annotations
@@ -9,17 +9,20 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
+    "COMMIT_PATTERN",
     "DEFAULT_KEYS",
     "HOOK_KEYS",
     "ID_PATTERN",
+    "KEEP_WORKTREE",
     "MAX_MANIFEST_BYTES",
     "MAX_PROMPT_BYTES",
     "TASK_KEYS",
     "TOP_KEYS",
     "Hooks",
+    "KeepWorktree",
     "Manifest",
     "ModelRef",
     "TaskSpec",
@@ -29,6 +32,8 @@ __all__ = [
 
 #: task ids (and run-id stems): no separators, no leading dot, so no path tricks
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: a full commit id, as ``base_commit`` holds it (SHA-1 or SHA-256 repositories)
+COMMIT_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PROMPT_BYTES = 1 << 20
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?")
@@ -56,6 +61,11 @@ class Hooks:
     on_run_end: tuple[str, ...] = ()
 
 
+#: when a worktree task's worktree is removed once the task ends (its branch always stays)
+KeepWorktree = Literal["never", "on_failure", "always"]
+KEEP_WORKTREE: tuple[KeepWorktree, ...] = ("never", "on_failure", "always")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     id: str
@@ -68,6 +78,14 @@ class TaskSpec:
     depends_on: tuple[str, ...] = ()
     timeout: float | None = None
     retries: int = 2
+    #: work in a git worktree of ``directory``'s repository, on a branch of the attempt's own
+    worktree: bool = False
+    #: the rev a task without dependencies starts from, as written (None: HEAD)
+    base: str | None = None
+    #: the commit ``base`` named when the run was accepted (set for worktree tasks); stored in the
+    #: plan, so the run keeps it however the rev moves
+    base_commit: str | None = None
+    keep_worktree: KeepWorktree = "on_failure"
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,10 @@ class Manifest:
                 "model": str(t.model) if t.model else None,
                 "directory": t.directory,
                 "timeout": t.timeout,
+                "worktree": t.worktree or None,  # written only when set: plain plans stay as they were
+                "base": t.base,
+                "base_commit": t.base_commit,
+                "keep_worktree": t.keep_worktree if t.keep_worktree != "on_failure" else None,
             }
             task.update({k: v for k, v in optional.items() if v is not None})
             tasks.append(task)
@@ -121,7 +143,7 @@ class Manifest:
 
 
 TOP_KEYS = ("version", "name", "concurrency", "defaults", "hooks", "tasks")
-DEFAULT_KEYS = ("agent", "model", "directory", "timeout", "retries")
+DEFAULT_KEYS = ("agent", "model", "directory", "timeout", "retries", "worktree", "base", "keep_worktree")
 TASK_KEYS = (
     "id",
     "prompt",
@@ -134,6 +156,10 @@ TASK_KEYS = (
     "depends_on",
     "timeout",
     "retries",
+    "worktree",
+    "base",
+    "base_commit",
+    "keep_worktree",
 )
 HOOK_KEYS = ("on_task_end", "on_run_end")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from occoord.manifest.model import ID_PATTERN
+from occoord.manifest.model import COMMIT_PATTERN, ID_PATTERN, KEEP_WORKTREE
 
 __all__ = ["manifest_schema"]
 
@@ -55,6 +55,19 @@ def manifest_schema() -> dict[str, Any]:
         "directory": {"type": "string", "pattern": "^(/|~)", "description": "absolute project directory"},
         "timeout": _DURATION,
         "retries": {"type": "integer", "minimum": 0, "description": "retries for retryable failures"},
+        "worktree": {
+            "type": "boolean",
+            "description": "work in a git worktree of directory's repository, on a branch of its own",
+        },
+        "base": {
+            "type": "string",
+            "description": "the branch, tag or commit a task without dependencies starts from (default HEAD)",
+            "allOf": [{"pattern": _NOT_BLANK}, {"pattern": "^(?!-)", "description": "not an option"}],
+        },
+        "keep_worktree": {
+            "enum": list(KEEP_WORKTREE),
+            "description": "when the worktree stays after the task ends (default on_failure)",
+        },
     }
     task: dict[str, Any] = {
         "type": "object",
@@ -73,6 +86,11 @@ def manifest_schema() -> dict[str, Any]:
                 ]
             },
             **common,
+            "base_commit": {
+                "type": "string",
+                "pattern": f"^({COMMIT_PATTERN.pattern}){_END}",
+                "description": "the commit base was resolved to when the run was accepted (in run.json)",
+            },
         },
         "oneOf": [{"required": ["prompt"]}, {"required": ["prompt_file"]}],
     }
