@@ -125,4 +125,5 @@ class RunProgress:
         live, self._live = self._live, None
         if live is not None:
             live.stop()
+            self._counted = -_RECOUNT  # the last word is read afresh, not from the cache
             click.echo(self.text(), file=self.stream)

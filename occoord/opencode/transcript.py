@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .client import OpenCodeClient
+from .usage import JsonReader
 
 __all__ = ["Entry", "EntryKind", "fetch_transcript", "latest_activity", "parse_transcript"]
 
@@ -151,7 +151,7 @@ def latest_activity(entries: tuple[Entry, ...]) -> str:
 
 
 async def fetch_transcript(
-    client: OpenCodeClient, session_id: str, directory: str, *, last: int | None = None
+    client: JsonReader, session_id: str, directory: str, *, last: int | None = None
 ) -> tuple[Entry, ...]:
     """Read the session's messages (only the ``last`` few, if given) and parse them."""
     params = {"limit": last} if last is not None else None

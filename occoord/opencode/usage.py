@@ -14,17 +14,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from occoord.errors import ApiError
 
-from .client import OpenCodeClient
-
-__all__ = ["MAX_SESSIONS", "Usage", "usage_from_messages", "usage_of"]
+__all__ = ["MAX_SESSIONS", "JsonReader", "Usage", "usage_from_messages", "usage_of"]
 
 # A bound on the sessions one task may fan out to: a cycle or a runaway sub-agent tree must not
 # keep a caller requesting for ever.
 MAX_SESSIONS = 500
+
+
+class JsonReader(Protocol):
+    """What reading usage and transcripts needs of a client: ``OpenCodeClient.get_json`` (or a
+    fake's, in the engine's tests)."""
+
+    async def get_json(
+        self, path: str, directory: str | None = None, params: Mapping[str, str | int] | None = None
+    ) -> Any: ...
 
 
 def _number(value: object) -> float:
@@ -145,7 +152,7 @@ def _child_ids(raw: object) -> Iterable[str]:
             yield sid
 
 
-async def usage_of(client: OpenCodeClient, session_id: str, directory: str) -> Usage:
+async def usage_of(client: JsonReader, session_id: str, directory: str) -> Usage:
     """Cost and tokens of ``session_id`` and of all its descendant sessions (sub-agents).
 
     Raises the client's errors (``ServerUnavailable``, ``ApiError``) when the session itself cannot
