@@ -44,6 +44,7 @@ class Attempt:
     rereading: bool = False  # reading the ended turn failed; a timer reads it again
     error: ErrorInfo | None = None  # a session.error the server sent for this session
     provider_retries: int = 0  # session.status "retry": the provider failed, OpenCode retries
+    prepared: bool = False  # a worktree task's worktree is ready (``directory`` is inside it)
 
     @property
     def key(self) -> tuple[str, str]:

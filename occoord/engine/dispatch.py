@@ -17,12 +17,14 @@ from occoord.engine.ports import Clock, OpenCodePort, Scheduler
 from occoord.engine.prompting import build_prompt, session_title
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
-from occoord.errors import ApiError, OccoordError, ServerUnavailable
+from occoord.engine.workspaces import Workspaces
+from occoord.errors import ApiError, GitError, OccoordError, ServerUnavailable
 from occoord.opencode.models import ModelRef as ClientModel
 from occoord.opencode.permissions import session_rules
 from occoord.spool.journal import iso
 from occoord.spool.records import TaskRecord
 from occoord.spool.states import TaskState
+from occoord.workspace.git import MergeConflict
 
 __all__ = ["DispatchSettings", "Dispatcher"]
 
@@ -52,7 +54,9 @@ class Dispatcher:
         clock: Clock,
         scheduler: Scheduler,
         settings: DispatchSettings,
+        workspaces: Workspaces,
     ) -> None:
+        self.workspaces = workspaces
         self.client = client
         self.book = book
         self.table = table
@@ -125,6 +129,8 @@ class Dispatcher:
         """
         spec = active.specs[attempt.task]
         try:
+            if spec.worktree and not attempt.prepared:
+                await self._prepare(active, attempt)
             session_id = attempt.session_id
             if session_id is None and (find_existing or tries > 0):
                 found = await self.client.find_sessions(attempt.directory, attempt.title)
@@ -184,6 +190,13 @@ class Dispatcher:
                 retryable=True,
                 unreachable=exc.unreachable,
             )
+        except MergeConflict as exc:
+            if self.table.current(attempt):
+                # Its dependencies' work does not merge: no retry can change that.
+                await self.settler.settle(attempt, None, f"cannot start: {exc}", retryable=False)
+        except GitError as exc:
+            if self.table.current(attempt):
+                await self.settler.settle(attempt, None, f"cannot make the worktree: {exc}", retryable=True)
         except ApiError as exc:
             if self.table.current(attempt):
                 # The server said no; a client error (a bad agent or model) will say no again.
@@ -196,6 +209,18 @@ class Dispatcher:
                 log.exception("%s: cannot start the session", attempt.label)
                 reason = f"could not start the session: {type(exc).__name__}: {exc}"
                 await self.settler.settle(attempt, None, reason, retryable=False)
+
+    async def _prepare(self, active: ActiveRun, attempt: Attempt) -> None:
+        """The attempt's worktree (made, or found again after a restart); its session works there."""
+        prepared = await self.workspaces.prepare(active, attempt.task, attempt.attempt)
+        attempt.directory = prepared.directory
+        attempt.prepared = True
+        try:
+            record = active.run.tasks.read(attempt.task)
+            details = {**(record.details if record else {}), **prepared.details()}
+            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, details=details)
+        except (OccoordError, OSError) as exc:  # derived from run, task and attempt: found again
+            log.warning("%s: cannot record the worktree: %s", attempt.label, exc)
 
     def _record_session(self, active: ActiveRun, attempt: Attempt, session_id: str) -> None:
         # Not fsynced, and a failure is only logged: after a crash the session is found again by
@@ -214,6 +239,19 @@ class Dispatcher:
         """After a restart: find the pending task's session again, never creating a second one."""
         if not self.table.current(attempt):
             return  # decided meanwhile (signalled, cancelled, timed out)
+        if active.specs[attempt.task].worktree and not attempt.prepared:
+            try:
+                await self._prepare(active, attempt)  # every call is scoped to the worktree's folder
+            except OccoordError as exc:
+                delay = REATTACH_BACKOFF.delay(tries + 1)
+                log.warning(
+                    "%s: cannot find the worktree yet (again in %.1f s): %s", attempt.label, delay, exc
+                )
+                self.scheduler.call_at(
+                    self.clock.monotonic() + delay,
+                    lambda: self.scheduler.spawn(self.reattach(active, record, attempt, tries + 1)),
+                )
+                return
         if record.session_id is None:
             # Crashed between pending and recording the session: look it up by its title first.
             await self.start(active, attempt, find_existing=True)

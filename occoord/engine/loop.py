@@ -29,6 +29,7 @@ from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler, SettleSettings
 from occoord.engine.stream import EventRouter
 from occoord.engine.watcher import Hint
+from occoord.engine.workspaces import Workspaces
 from occoord.errors import Locked, OccoordError
 from occoord.manifest.model import Manifest
 from occoord.spool.layout import Spool
@@ -66,6 +67,7 @@ class CoordinatorConfig:
     hook_timeout: float = 60.0
     signal_grace: float = 30.0  # a session still busy this long after its task was signalled is aborted
     provider_retries: int = 5  # provider retries in one turn before the turn is stopped (retryable)
+    worktree_root: Path | None = None  # where worktree tasks' worktrees go (None: under XDG_DATA_HOME)
     server_version: str = ""
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
@@ -98,6 +100,7 @@ class Coordinator:
             BookSettings(Backoff(config.retry_base, config.retry_cap), config.hook_timeout),
             listener=self,
         )
+        self.workspaces = Workspaces(config.worktree_root, client)
         self.settler = Settler(
             client,
             self.book,
@@ -105,6 +108,7 @@ class Coordinator:
             self.clock,
             self.scheduler,
             SettleSettings(config.signal_grace, config.provider_retries),
+            self.workspaces,
         )
         self.dispatcher = Dispatcher(
             client,
@@ -119,6 +123,7 @@ class Coordinator:
                 server_version=config.server_version,
                 agent_permissions=config.agent_permissions,
             ),
+            self.workspaces,
         )
         self.router = EventRouter(client, self.table, self.settler, self.clock, self.scheduler)
         self.intake = Intake(
@@ -135,6 +140,9 @@ class Coordinator:
 
     def activated(self, active: ActiveRun) -> None:
         self.settler.check_cancel(active)
+        for task, state in active.states.items():
+            if state.terminal and active.specs[task].worktree:
+                self.scheduler.spawn(self.settler.settle_worktree(active.id, task))
 
     def decided_outside(self, attempt: Attempt, state: TaskState) -> None:
         if state.terminal:
@@ -326,6 +334,8 @@ class Coordinator:
             if record is None or record.state is not TaskState.QUEUED:
                 self.book.observe(active.id, task)  # changed behind our back: one path for all
                 continue
+            if active.specs[task].worktree and not Workspaces.dependencies_ready(active, task):
+                continue  # a dependency's result commit is still being recorded; that wakes us
             wait_until = self.book.not_before(record)
             if wait_until is not None:
                 self._waiting[key] = wait_until

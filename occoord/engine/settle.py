@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Any
 
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt, AttemptTable, FailurePolicy, outcome_details, outcome_reason
 from occoord.engine.book import RunBook
 from occoord.engine.ports import Clock, OpenCodePort, Scheduler
 from occoord.engine.runs import ActiveRun
-from occoord.errors import ApiError, OccoordError, SessionBusy, SpoolError
+from occoord.engine.workspaces import Workspaces
+from occoord.errors import ApiError, GitError, OccoordError, SessionBusy, SpoolError
 from occoord.fsutil import atomic_write
 from occoord.opencode.models import ErrorInfo
 from occoord.opencode.outcome import ABORTED_ERROR, TurnOutcome, classify
@@ -47,7 +49,9 @@ class Settler:
         clock: Clock,
         scheduler: Scheduler,
         settings: SettleSettings,
+        workspaces: Workspaces,
     ) -> None:
+        self.workspaces = workspaces
         self.client = client
         self.book = book
         self.table = table
@@ -135,23 +139,31 @@ class Settler:
         """Record the attempt's outcome; the attempt keeps its slot until that is written."""
         attempt.settling = True
         try:
-            self._record(attempt, outcome, reason, retryable=retryable, done=done, unreachable=unreachable)
-        except (OSError, SpoolError) as exc:
+            extra = await self._finish_worktree(attempt, done=done)
+            self._record(
+                attempt, outcome, reason, retryable=retryable, done=done, unreachable=unreachable, extra=extra
+            )
+        except (OSError, SpoolError, GitError) as exc:
             # Disk full, EACCES, a run lock held too long: nothing is lost, the attempt stays
             # registered (settling: no events, no timeouts) and the write is tried again.
             delay = WRITE_BACKOFF.delay(tries + 1)
             log.error("%s: cannot record the outcome (again in %.0f s): %s", attempt.label, delay, exc)
             self.problems[attempt.key] = f"cannot record the outcome of {attempt.label}: {exc}"
-            again = self.settle(
-                attempt,
-                outcome,
-                reason,
-                retryable=retryable,
-                done=done,
-                unreachable=unreachable,
-                tries=tries + 1,
-            )
-            self.scheduler.call_at(self.clock.monotonic() + delay, lambda: self.scheduler.spawn(again))
+
+            def again() -> None:  # the coroutine is made when due: none is left unawaited at a stop
+                self.scheduler.spawn(
+                    self.settle(
+                        attempt,
+                        outcome,
+                        reason,
+                        retryable=retryable,
+                        done=done,
+                        unreachable=unreachable,
+                        tries=tries + 1,
+                    )
+                )
+
+            self.scheduler.call_at(self.clock.monotonic() + delay, again)
             return
         self.problems.pop(attempt.key, None)
         self.table.drop(attempt)
@@ -165,6 +177,7 @@ class Settler:
         retryable: bool,
         done: bool,
         unreachable: bool,
+        extra: dict[str, Any],
     ) -> None:
         active = self.book.runs.get(attempt.run_id)
         if active is None:
@@ -175,7 +188,7 @@ class Settler:
             # has followed, even if that change's hint was lost.
             self.book.observe(attempt.run_id, attempt.task)
             return
-        details = {**record.details, **(outcome_details(outcome) if outcome else {})}
+        details = {**record.details, **(outcome_details(outcome) if outcome else {}), **extra}
         if done:
             self.book.move(active, attempt.task, TaskState.PENDING, TaskState.DONE, reason, details=details)
             return
@@ -195,6 +208,42 @@ class Settler:
                 reason,
                 details={**details, "failures": failures + 1},
             )
+
+    async def _finish_worktree(self, attempt: Attempt, *, done: bool) -> dict[str, Any]:
+        """A worktree attempt that ends: commit what it left (its session has ended) first, so a
+        dependent that starts from this task's result finds it recorded."""
+        active = self.book.runs.get(attempt.run_id)
+        if active is None or not active.specs[attempt.task].worktree or not attempt.prepared:
+            return {}
+        record = active.run.tasks.read(attempt.task)
+        if record is None or record.state is not TaskState.PENDING or record.attempt != attempt.attempt:
+            return {}
+        return await self.workspaces.finish(active.run, active.specs[attempt.task], record, done=done)
+
+    async def settle_worktree(self, run_id: str, task: str) -> None:
+        """A worktree task decided from outside: once its session has ended, commit and record
+        what it left; then wake the loop (dependents wait for that result commit)."""
+        active = self.book.runs.get(run_id)
+        run = active.run if active is not None else None
+        try:
+            if run is None:
+                run = self.book.spool.run(run_id)
+            spec = run.manifest.task(task)
+            if not spec.worktree:
+                return
+            state = run.tasks.current(task)
+            if state is not None and state.terminal:
+                await self.workspaces.settle_record(run, spec, state)
+        except (OccoordError, OSError, KeyError) as exc:
+            log.error("%s/%s: cannot record the worktree's result: %s", run_id, task, exc)
+            self.problems[(run_id, task)] = f"cannot record the worktree's result of {run_id}/{task}: {exc}"
+            self.scheduler.call_at(
+                self.clock.monotonic() + WRITE_BACKOFF.delay(1),
+                lambda: self.scheduler.spawn(self.settle_worktree(run_id, task)),
+            )
+            return
+        self.problems.pop((run_id, task), None)
+        self.scheduler.call_at(self.clock.monotonic(), _wake)
 
     def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
         """Keep what the agent said: ``results/T@N.md`` for attempt N, and ``results/T.md`` unless a
@@ -241,7 +290,12 @@ class Settler:
         """A session went idle: if it was winding down, keep its final text now."""
         attempt = self.table.winding.pop(session_id, None)
         if attempt is not None:
-            self.scheduler.spawn(self.save_result(attempt))
+            self.scheduler.spawn(self._wound_down(attempt))
+
+    async def _wound_down(self, attempt: Attempt) -> None:
+        await self.save_result(attempt)
+        if attempt.prepared:
+            await self.settle_worktree(attempt.run_id, attempt.task)
 
     async def _grace_over(self, attempt: Attempt) -> None:
         if attempt.session_id is None or self.table.winding.pop(attempt.session_id, None) is None:
@@ -258,7 +312,7 @@ class Settler:
                 self.settings.signal_grace,
             )
             await self.abort(attempt)
-        await self.save_result(attempt)
+        await self._wound_down(attempt)
 
     async def save_result(self, attempt: Attempt) -> None:
         """The task was signalled from outside: keep what the agent said so far."""
@@ -288,8 +342,10 @@ class Settler:
             # attempt beside a turn that still runs would put two agents on one task.
             delay = STOP_BACKOFF.delay(tries + 1)
             log.warning("%s: cannot stop its session yet (again in %.0f s): %s", attempt.label, delay, exc)
-            again = self._abort_and_settle(attempt, reason, retryable, tries + 1)
-            self.scheduler.call_at(self.clock.monotonic() + delay, lambda: self.scheduler.spawn(again))
+            self.scheduler.call_at(
+                self.clock.monotonic() + delay,
+                lambda: self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable, tries + 1)),
+            )
             return
         await self.settle(attempt, None, reason, retryable=retryable)
 
@@ -362,3 +418,7 @@ def with_session_error(outcome: TurnOutcome, error: ErrorInfo | None) -> TurnOut
     return TurnOutcome(
         kind="failed", error_name=error.name, message=error.message, retryable=bool(error.retryable)
     )
+
+
+def _wake() -> None:
+    """A timer that only wakes the loop."""

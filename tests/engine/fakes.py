@@ -187,6 +187,9 @@ class FakeOpenCode:
             s.id: SessionStatus("busy") for s in self.sessions.values() if s.directory == directory and s.busy
         }
 
+    async def dispose(self, directory: str) -> None:
+        self._enter("dispose", directory)
+
     async def abort(self, session_id: str, directory: str) -> bool:
         self._enter("abort", session_id, directory)
         session = self.sessions.get(session_id)

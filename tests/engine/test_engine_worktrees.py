@@ -1,0 +1,185 @@
+"""Worktree tasks through the whole engine, on real git repositories (the fake server stands in for
+the agents: a test writes into the session's directory what an agent would)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import Engine, manifest, task
+
+from occoord.opencode.models import ErrorInfo
+from occoord.spool.states import TaskState
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "me@example.invalid")
+    git(path, "config", "user.name", "me")
+    (path / "README.md").write_text("hello\n")
+    (path / "src").mkdir()
+    (path / "src" / "app.py").write_text("print('v1')\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "start")
+    return path
+
+
+@pytest.fixture
+def wt_engine(tmp_path: Path) -> Engine:
+    return Engine(tmp_path, worktree_root=tmp_path / "worktrees")
+
+
+def plan(repo: Path, *tasks: dict[str, object], **defaults: object) -> dict[str, object]:
+    return manifest(*tasks, defaults={"directory": str(repo), "worktree": True, **defaults}, concurrency=8)
+
+
+def agent_writes(e: Engine, run: str, task_id: str, name: str, text: str, attempt: int = 1) -> Path:
+    """What an agent would do in its session's directory."""
+    directory = Path(e.client.sessions[e.session(run, task_id, attempt)].directory)
+    (directory / name).parent.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+    return directory
+
+
+def test_parallel_tasks_edit_one_file_on_their_own_branches_and_the_checkout_stays(
+    wt_engine: Engine, repo: Path
+) -> None:
+    (repo / "notes.txt").write_text("the user's own edit, not committed\n")
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("a", description="say A"), task("b")))
+        where_a = agent_writes(e, run, "a", "README.md", "A\n")
+        where_b = agent_writes(e, run, "b", "README.md", "B\n")
+        assert where_a != where_b and repo not in (where_a, where_b)
+        await e.events(e.client.end_turn(e.session(run, "a")) + e.client.end_turn(e.session(run, "b")))
+        assert e.state(run, "a") is TaskState.DONE and e.state(run, "b") is TaskState.DONE
+        for name, text in (("a", "A\n"), ("b", "B\n")):
+            record = e.record(run, name)
+            commit = record.details["result_commit"]
+            assert git(repo, "show", f"{commit}:README.md") + "\n" == text
+            assert record.details["files_changed"] == 1 and record.details["insertions"] == 1
+            assert (e.spool.runs / run / "results" / f"{name}.diff").read_bytes().startswith(b"diff --git")
+        assert git(repo, "log", "-1", "--format=%s", e.record(run, "a").details["result_commit"]).endswith(
+            "say A"
+        )
+        assert (repo / "README.md").read_text() == "hello\n", "the main checkout is untouched"
+        assert (repo / "notes.txt").exists() and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+        assert not where_a.exists(), "a done task's worktree is removed (keep_worktree: on_failure)"
+        assert ("dispose", str(where_a)) in e.client.calls
+
+    wt_engine.play(scenario)
+
+
+def test_a_chain_carries_work_forward_and_a_diamond_starts_from_a_merge(
+    wt_engine: Engine, repo: Path
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(
+            plan(
+                repo,
+                task("a"),
+                task("b", depends_on=["a"]),
+                task("c", depends_on=["a"]),
+                task("d", depends_on=["b", "c"]),
+            )
+        )
+        agent_writes(e, run, "a", "a.txt", "from a\n")
+        await e.events(e.client.end_turn(e.session(run, "a")))
+        where_b = agent_writes(e, run, "b", "b.txt", "from b\n")
+        assert (where_b / "a.txt").read_text() == "from a\n", "b starts from a's result"
+        agent_writes(e, run, "c", "c.txt", "from c\n")
+        await e.events(e.client.end_turn(e.session(run, "b")) + e.client.end_turn(e.session(run, "c")))
+        where_d = Path(e.client.sessions[e.session(run, "d")].directory)
+        assert {p.name for p in where_d.glob("*.txt")} == {"a.txt", "b.txt", "c.txt"}
+        start = e.record(run, "d").details["start_commit"]
+        parents = git(repo, "rev-list", "--parents", "-n", "1", start).split()[1:]
+        assert sorted(parents) == sorted(e.record(run, t).details["result_commit"] for t in "bc")
+        await e.events(e.client.end_turn(e.session(run, "d")))
+        assert e.summary(run) is not None and e.summary(run)["ok"]  # type: ignore[index]
+
+    wt_engine.play(scenario)
+
+
+def test_a_conflicting_diamond_fails_before_any_session_naming_the_file(
+    wt_engine: Engine, repo: Path
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("b"), task("c"), task("d", depends_on=["b", "c"], retries=3)))
+        agent_writes(e, run, "b", "README.md", "B\n")
+        agent_writes(e, run, "c", "README.md", "C\n")
+        await e.events(e.client.end_turn(e.session(run, "b")) + e.client.end_turn(e.session(run, "c")))
+        record = e.record(run, "d")
+        assert record.state is TaskState.FAILED and "README.md" in record.reason
+        assert not [s for s in e.client.sessions.values() if "/d#" in s.title], "no session for d"
+
+    wt_engine.play(scenario)
+
+
+def test_an_agent_that_signals_done_has_its_work_committed_before_its_dependent_starts(
+    wt_engine: Engine, repo: Path
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("a"), task("b", depends_on=["a"])))
+        agent_writes(e, run, "a", "src/app.py", "print('v2')\n")
+        await e.signal(run, "a", TaskState.DONE, "tests pass")
+        assert e.state(run, "b") is TaskState.QUEUED, "waits for a's result commit"
+        await e.events(e.client.end_turn(e.session(run, "a")))
+        assert e.record(run, "a").details.get("result_commit")
+        assert e.state(run, "b") is TaskState.PENDING
+        where_b = Path(e.client.sessions[e.session(run, "b")].directory)
+        assert (where_b / "src" / "app.py").read_text() == "print('v2')\n"
+        assert e.record(run, "a").reason == "tests pass"
+
+    wt_engine.play(scenario)
+
+
+def test_a_task_in_a_subfolder_works_in_the_same_subfolder_of_its_worktree(
+    wt_engine: Engine, repo: Path
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", directory=str(repo / "src"), worktree=True)))
+        directory = Path(e.client.sessions[e.session(run, "t")].directory)
+        assert directory.name == "src" and (directory / "app.py").exists()
+        assert e.record(run, "t").details["branch"] == f"occoord/{run}/t"
+
+    wt_engine.play(scenario)
+
+
+def test_a_failed_task_keeps_its_worktree_and_a_restart_finds_a_running_one(
+    wt_engine: Engine, repo: Path
+) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("bad", retries=0), task("slow")))
+        where_bad = agent_writes(e, run, "bad", "half.txt", "half done\n")
+        where_slow = agent_writes(e, run, "slow", "work.txt", "in progress\n")
+        await e.events(
+            e.client.end_turn(e.session(run, "bad"), error=ErrorInfo("ProviderAuthError", "no key"))
+        )
+        record = e.record(run, "bad")
+        assert record.state is TaskState.FAILED and where_bad.exists()
+        assert record.details["worktree"] and record.details["result_commit"]
+        e.restart(worktree_root=e.config.worktree_root)
+        await e.start()
+        attempt = e.co.table.get(run, "slow")
+        assert attempt is not None and attempt.directory == str(where_slow)
+        assert (where_slow / "work.txt").read_text() == "in progress\n", "the work in progress is kept"
+        await e.events(e.client.end_turn(e.session(run, "slow")))
+        commit = e.record(run, "slow").details["result_commit"]
+        assert git(repo, "show", f"{commit}:work.txt") == "in progress"
+        assert git(repo, "branch", "--list", f"occoord/{run}/*").count("occoord/") == 2
+
+    wt_engine.play(scenario)
