@@ -17,7 +17,7 @@ from occoord import __version__
 from occoord.cli.attach import attach
 from occoord.cli.common import open_spool, spool_option
 from occoord.cli.logs import logs
-from occoord.cli.manage import cancel, retry
+from occoord.cli.manage import cancel, clean, retry
 from occoord.cli.running import run, simulate, watch
 from occoord.cli.status import hold, resume, status
 from occoord.cli.top import top
@@ -144,7 +144,7 @@ def signal(spool_dir: Path, run_id: str, task: str, state: str, message: str) ->
     click.echo(f"{run_id}/{task}: {record.state}")
 
 
-for _command in (watch, run, cancel, retry, simulate, status, hold, resume, top, logs, attach):
+for _command in (watch, run, cancel, retry, clean, simulate, status, hold, resume, top, logs, attach):
     cli.add_command(_command)
 
 

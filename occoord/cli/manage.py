@@ -1,7 +1,8 @@
-"""Steering runs that exist: ``cancel`` and ``retry``."""
+"""Steering runs that exist: ``cancel``, ``retry`` and ``clean``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,8 +10,10 @@ import click
 from occoord.cli.common import open_spool, spool_option
 from occoord.errors import SpoolError, TransitionConflict
 from occoord.spool.states import Actor, TaskState
+from occoord.workspace.clean import clean_runs
+from occoord.workspace.names import default_root
 
-__all__ = ["cancel", "retry"]
+__all__ = ["cancel", "clean", "retry"]
 
 
 @click.command()
@@ -79,3 +82,49 @@ def retry(spool_dir: Path, run_id: str, task: str | None) -> None:
         click.echo(f"{run_id}/{name}: queued")
     if not moved:
         click.echo(f"{run_id}: nothing to retry", err=True)
+
+
+@click.command()
+@spool_option
+@click.argument("run_id", required=False)
+@click.option("--branches", is_flag=True, help="Delete the runs' branches (occoord/RUN/...) too.")
+@click.option("--force", is_flag=True, help="Remove worktrees with uncommitted changes too.")
+@click.option(
+    "--worktree-root",
+    envvar="OCCOORD_WORKTREE_ROOT",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The worktree root the runs used (env OCCOORD_WORKTREE_ROOT; default under $XDG_DATA_HOME).",
+)
+def clean(
+    spool_dir: Path, run_id: str | None, branches: bool, force: bool, worktree_root: Path | None
+) -> None:
+    """Remove the git worktrees of finished runs (every finished run, or RUN) and prune git's list.
+
+    Branches stay (they are the results) unless --branches. A worktree with uncommitted changes is
+    refused, and named, unless --force; everything else is cleaned, and the exit code is 1.
+    """
+    spool = open_spool(spool_dir, create=False)
+    run_ids = [run_id] if run_id else spool.run_ids()
+    finished, repos = [], set()
+    for found in run_ids:
+        the_run = spool.run(found)
+        if not (the_run.dir / "summary.json").exists():
+            if run_id:
+                raise SpoolError(str(the_run.dir), "the run is not finished: cancel it first")
+            continue
+        finished.append(found)
+        repos |= {Path(t.directory) for t in the_run.manifest.tasks if t.worktree and t.directory}
+    report = clean_runs(
+        finished, root=worktree_root or default_root(), repos=sorted(repos), branches=branches, force=force
+    )
+    for path in report.removed:
+        click.echo(f"removed {path}")
+    for branch in report.branches_deleted:
+        click.echo(f"deleted branch {branch}")
+    for refusal in report.refused:
+        click.echo(f"kept {refusal.path}: {refusal.reason}", err=True)
+    if not report.removed and not report.branches_deleted and not report.refused:
+        click.echo("nothing to clean", err=True)
+    if report.refused:
+        sys.exit(1)

@@ -18,6 +18,7 @@ import click
 
 from occoord.cli.common import open_spool, spool_option
 from occoord.engine.loop import CoordinatorConfig
+from occoord.errors import ConfigError
 from occoord.spool.accept import accept_file
 from occoord.spool.layout import Run, Spool
 from occoord.spool.submit import submit
@@ -60,6 +61,14 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
         click.Path(file_okay=False, exists=True, path_type=Path),
         None,
         "Directory for tasks whose manifest names none (default: the current directory).",
+    ),
+    (
+        "--worktree-root",
+        "OCCOORD_WORKTREE_ROOT",
+        click.Path(file_okay=False, path_type=Path),
+        None,
+        "Where worktree tasks' git worktrees go, outside the spool "
+        "(default: $XDG_DATA_HOME/occoord/worktrees).",
     ),
     (
         "--max-sessions",
@@ -163,8 +172,12 @@ def build_config(
         settle_seconds=opts["settle_seconds"],
         signal_grace=opts["signal_grace"],
         provider_retries=opts["provider_retries"],
+        worktree_root=opts["worktree_root"].resolve() if opts["worktree_root"] else None,
     )
     check_config(config)
+    if config.worktree_root is not None and config.worktree_root.is_relative_to(spool.root):
+        # The watcher would see every file an agent writes as a spool event.
+        raise ConfigError("--worktree-root", f"{config.worktree_root} is inside the spool {spool.root}")
     choice = ServerChoice(
         url=opts["server"],
         password=opts["server_password"],

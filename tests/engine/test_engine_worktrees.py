@@ -183,3 +183,32 @@ def test_a_failed_task_keeps_its_worktree_and_a_restart_finds_a_running_one(
         assert git(repo, "branch", "--list", f"occoord/{run}/*").count("occoord/") == 2
 
     wt_engine.play(scenario)
+
+
+def test_clean_removes_a_finished_runs_worktrees_refusing_uncommitted_work(
+    wt_engine: Engine, repo: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from occoord.cli.main import cli
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("x", retries=0), task("y", retries=0)))
+        for name in ("x", "y"):
+            await e.events(
+                e.client.end_turn(e.session(run, name), error=ErrorInfo("ProviderAuthError", "no"))
+            )
+        kept = [Path(str(e.record(run, name).details["worktree"])) for name in ("x", "y")]
+        assert all(p.exists() for p in kept) and e.summary(run) is not None
+        (kept[1] / "scratch.txt").write_text("uncommitted\n")
+        args = ["clean", "--spool", str(e.spool.root), "--worktree-root", str(tmp_path / "worktrees")]
+        refused = CliRunner().invoke(cli, args)
+        assert refused.exit_code == 1 and "scratch.txt" in refused.output
+        assert not kept[0].exists() and kept[1].exists()
+        forced = CliRunner().invoke(cli, [*args, "--force", "--branches", run])
+        assert forced.exit_code == 0, forced.output
+        assert not kept[1].exists() and git(repo, "branch", "--list", f"occoord/{run}/*") == ""
+        assert (repo / "README.md").read_text() == "hello\n"
+
+    wt_engine.play(scenario)
