@@ -198,7 +198,11 @@ class Dispatcher:
             if self.table.current(attempt):
                 await self.settler.settle(attempt, None, f"cannot make the worktree: {exc}", retryable=True)
         except ApiError as exc:
-            if self.table.current(attempt):
+            if self.table.current(attempt) and exc.not_found and attempt.session_id is not None:
+                # Looking again, the server no longer knows the session (it was replaced): no turn
+                # can run there, so a new attempt is safe and not the task's failure.
+                self.settler.session_gone(attempt)
+            elif self.table.current(attempt):
                 # The server said no; a client error (a bad agent or model) will say no again.
                 retryable = exc.status >= 500 or exc.status in (408, 409, 429)
                 await self.settler.settle(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harness import Engine, manifest, task
 
-from occoord.errors import ServerUnavailable
+from occoord.errors import ApiError, ServerUnavailable
 from occoord.spool.states import TaskState
 
 LOST = ServerUnavailable("http://x", "POST /session/x/prompt_async: ReadTimeout")
@@ -105,5 +105,23 @@ def test_a_cancel_waits_for_the_abort_to_be_seen(engine: Engine) -> None:
         assert e.state(run, "t") is TaskState.PENDING, "not failed while its turn may still run"
         await e.advance(1)
         assert e.state(run, "t") is TaskState.FAILED and not e.client.sessions[sid].busy
+
+    engine.play(scenario)
+
+
+def test_a_session_the_replaced_server_no_longer_knows_is_a_new_attempt_not_a_failure(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        e.client.lose_reply("prompt_async", LOST)
+        run = await e.submit(manifest(task("t", retries=0)))
+        sid = e.session(run, "t")
+        del e.client.sessions[sid]  # the server died with it and came back empty
+        e.client.fail_next(
+            "messages", ApiError("GET", f"/session/{sid}/message", 404, "NotFoundError", "gone")
+        )
+        await e.advance(1)
+        record = e.record(run, "t")
+        assert record.state is TaskState.PENDING and record.attempt == 2
+        assert "failures" not in record.details
 
     engine.play(scenario)
