@@ -40,12 +40,14 @@ installed_version() {
   sed -n 's/^[[:space:]]*"version":[[:space:]]*"\([^"]*\)".*/\1/p' "$PKG_JSON" | head -n 1
 }
 
-if [ "$(installed_version)" = "$VERSION" ] && [ -x "$BIN" ]; then
-  say "opencode-ai@$VERSION already installed in $PREFIX"
-else
+# Two installs at once (two test runs) would write one binary together: take turns.
+mkdir -p "$PREFIX"
+exec 9> "$PREFIX/.install.lock"
+flock 9
+
+install_package() {
   command -v npm > /dev/null 2>&1 || die "npm not found on PATH; install Node.js (>= 18) with npm, then rerun"
   say "installing opencode-ai@$VERSION into $PREFIX (takes ~20 s cold) ..."
-  mkdir -p "$PREFIX"
   t0=$(date +%s)
   if ! npm install --prefix "$PREFIX" --ignore-scripts --no-audit --no-fund \
       "opencode-ai@$VERSION" >&2; then
@@ -54,19 +56,35 @@ else
   say "npm install took $(( $(date +%s) - t0 )) s"
   [ "$(installed_version)" = "$VERSION" ] \
     || die "after npm install, $PKG_JSON reports version '$(installed_version)', expected $VERSION"
-fi
+}
 
-[ -f "$BIN" ] || die "platform binary missing: $BIN (npm did not install $PLATFORM_PKG; is the platform supported?)"
-[ -x "$BIN" ] || chmod +x "$BIN" || die "cannot make $BIN executable"
+check_binary() {
+  # Prints the version the binary reports; fails if it cannot run at all.
+  [ -f "$BIN" ] || { echo "platform binary missing: $BIN"; return 1; }
+  [ -x "$BIN" ] || chmod +x "$BIN" || { echo "cannot make $BIN executable"; return 1; }
+  env HOME="$SCRATCH/home" XDG_CONFIG_HOME="$SCRATCH/config" XDG_DATA_HOME="$SCRATCH/data" \
+    XDG_CACHE_HOME="$SCRATCH/cache" XDG_STATE_HOME="$SCRATCH/state" \
+    OPENCODE_DISABLE_AUTOUPDATE=1 OPENCODE_DISABLE_MODELS_FETCH=1 \
+    "$BIN" --version 2>&1 | tail -n 1 | tr -d '[:space:]'
+}
 
-# Every run of the binary (even --version) writes into HOME/XDG dirs: give it a throwaway home.
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/occoord-opencode-check.XXXXXX")"
 trap 'rm -rf "$SCRATCH"' EXIT
-got="$(env HOME="$SCRATCH/home" XDG_CONFIG_HOME="$SCRATCH/config" XDG_DATA_HOME="$SCRATCH/data" \
-  XDG_CACHE_HOME="$SCRATCH/cache" XDG_STATE_HOME="$SCRATCH/state" \
-  OPENCODE_DISABLE_AUTOUPDATE=1 OPENCODE_DISABLE_MODELS_FETCH=1 \
-  "$BIN" --version 2>&1 | tail -n 1 | tr -d '[:space:]')" \
-  || die "$BIN --version failed: $got"
+
+if [ "$(installed_version)" = "$VERSION" ] && [ -x "$BIN" ]; then
+  say "opencode-ai@$VERSION already installed in $PREFIX"
+  got="$(check_binary)" || got=""
+  if [ "$got" != "$VERSION" ]; then
+    # A damaged install (an interrupted download, a truncated binary) is replaced, once.
+    say "the installed binary does not run ('$got'); installing it again"
+    rm -rf "$PREFIX/node_modules" "$PREFIX/package.json" "$PREFIX/package-lock.json"
+    install_package
+  fi
+else
+  install_package
+fi
+
+got="$(check_binary)" || die "$BIN --version failed: $got"
 [ "$got" = "$VERSION" ] || die "$BIN --version printed '$got', expected $VERSION"
 say "verified $BIN --version = $got"
 

@@ -18,6 +18,17 @@ if [ "${OCCOORD_SKIP_OPENCODE:-0}" != "1" ] && [ -x contrib/install-opencode.sh 
   stage_end
 fi
 
+if ! command -v tmux >/dev/null 2>&1; then
+  # The live view (occoord top) is tested in a real terminal.
+  stage_start "install tmux (the live view's tests run in a real terminal)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq tmux >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null; } || echo "tmux unavailable: its tests will skip"
+  else
+    echo "tmux missing and not installable here: its tests will skip"
+  fi
+  stage_end
+fi
+
 stage_start "ruff format --check"
 "$VENV/bin/ruff" format --check occoord tests
 stage_end

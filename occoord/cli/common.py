@@ -17,6 +17,7 @@ import click
 
 from occoord.opencode.procinfo import ServerRecord, running
 from occoord.spool.layout import Run, Spool
+from occoord.spool.status import watcher_report
 
 __all__ = [
     "SERVER_FILE",
@@ -95,10 +96,20 @@ def find_server(spool: Spool, url: str | None, password: str | None) -> ServerAd
     try:
         record = ServerRecord.from_bytes(path.read_bytes())
     except OSError:
-        return None
-    if record is None or not running(record.pid):
-        return None
-    return ServerAddress(record.url, record.password or None, str(path))
+        record = None
+    if record is not None and running(record.pid):
+        return ServerAddress(record.url, record.password or None, str(path))
+    # An attached server (or the simulator): the running watcher says where, never with a password.
+    report = watcher_report(spool)
+    if (
+        report
+        and report.get("running")
+        and isinstance(report.get("server_url"), str)
+        and report["server_url"]
+    ):
+        secret = password or os.environ.get("OPENCODE_SERVER_PASSWORD") or None
+        return ServerAddress(report["server_url"], secret, str(spool.root / "watcher.json"))
+    return None
 
 
 def task_directory(run: Run, task: str, details: Mapping[str, Any], fallback: Path | None = None) -> str:

@@ -285,25 +285,30 @@ def run(spool_dir: Path, manifest: Path, dry_run: bool, **opts: Any) -> None:
 
 
 async def _run_and_follow(spool: Spool, the_run: Run, config: CoordinatorConfig, choice: Any) -> bool:
-    from occoord.cli.follow import JournalTail, RunWatch, describe
+    from occoord.cli.follow import JournalTail, RunWatch
+    from occoord.cli.progress import RunProgress
     from occoord.engine.service import SpoolLock, serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
     lock = SpoolLock(spool)
-    if lock.try_acquire():
-        lock.release()
-    else:
+    following = not lock.try_acquire()
+    if following:
         click.echo("occoord: a coordinator already serves this spool; following the run", err=True)
-    server = asyncio.ensure_future(serve(spool, config, choice, stop))
+    else:
+        lock.release()
+    server = asyncio.ensure_future(serve(spool, config, choice, stop, following=following))
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
     tail = JournalTail(the_run.dir)
     summary = the_run.dir / "summary.json"
-    with RunWatch(the_run.dir, lambda: loop.call_soon_threadsafe(changed.set)):
+    with (
+        RunWatch(the_run.dir, lambda: loop.call_soon_threadsafe(changed.set)),
+        RunProgress(the_run) as progress,
+    ):
         while not stop.is_set():
             for event in tail.read():
-                click.echo(describe(event))
+                progress.show(event)
             if summary.exists() or server.done():
                 break
             try:
@@ -311,8 +316,8 @@ async def _run_and_follow(spool: Spool, the_run: Run, config: CoordinatorConfig,
             except TimeoutError:
                 pass
             changed.clear()
-    for event in tail.read():
-        click.echo(describe(event))
+        for event in tail.read():
+            progress.show(event)
     stop.set()
     await server  # re-raises a startup failure (no server, bad URL) as its own error
     if not summary.exists():

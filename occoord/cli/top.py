@@ -246,7 +246,8 @@ def _table(rows: list[dict[str, Any]], hidden: int) -> Table:
 
 def render(view: View, height: int) -> Group:
     """The screen: a header line, then per run its line and its table of tasks."""
-    lines: list[Any] = [Text(_header(view), style="reverse")]
+    # One line, cut to the width: a long path or URL must not push the tables off the screen.
+    lines: list[Any] = [Text(_header(view), style="reverse", no_wrap=True, overflow="ellipsis")]
     # Each run takes a line and a table header besides its rows; the rest is shared out.
     room = max((height - 3 - 2 * len(view.runs)) // max(len(view.runs), 1), 1)
     for summary, rows in view.runs:

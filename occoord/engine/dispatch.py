@@ -230,7 +230,12 @@ class Dispatcher:
         # Not fsynced, and a failure is only logged: after a crash the session is found again by
         # its title, so the record is a shortcut, not the truth.
         try:
-            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, session_id=session_id)
+            record = active.run.tasks.read(attempt.task)
+            # The directory too: every call about the session is scoped to it (top, logs, attach).
+            details = {**(record.details if record else {}), "directory": attempt.directory}
+            active.run.tasks.update(
+                attempt.task, TaskState.PENDING, durable=False, session_id=session_id, details=details
+            )
         except (OccoordError, OSError) as exc:
             log.warning("%s: cannot record session %s: %s", attempt.label, session_id, exc)
 

@@ -27,6 +27,7 @@ from occoord.engine.ports import Clock, JobScheduler, OpenCodePort, SystemClock
 from occoord.engine.report import WatcherReport
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler, SettleSettings
+from occoord.engine.stopping import Stopper
 from occoord.engine.stream import EventRouter
 from occoord.engine.watcher import Hint
 from occoord.engine.workspaces import Workspaces
@@ -107,7 +108,7 @@ class Coordinator:
             self.table,
             self.clock,
             self.scheduler,
-            SettleSettings(config.signal_grace, config.provider_retries),
+            SettleSettings(config.signal_grace),
             self.workspaces,
         )
         self.dispatcher = Dispatcher(
@@ -125,21 +126,30 @@ class Coordinator:
             ),
             self.workspaces,
         )
-        self.router = EventRouter(client, self.table, self.settler, self.clock, self.scheduler)
+        self.stopper = Stopper(
+            client, self.book, self.table, self.settler, self.clock, self.scheduler, config.provider_retries
+        )
+        self.router = EventRouter(client, self.table, self.settler, self.stopper, self.clock, self.scheduler)
         self.intake = Intake(
             spool,
             self.clock,
             IntakeSettings(config.settle_seconds, config.open_writer_seconds),
             accepted=lambda run_id, plan: self._accepted(run_id, plan),
         )
-        self.report = WatcherReport(spool.root, self.clock, server_version=config.server_version)
+        url = getattr(client, "url", "")
+        self.report = WatcherReport(
+            spool.root,
+            self.clock,
+            server_version=config.server_version,
+            server_url=url if isinstance(url, str) else "",
+        )
         self._next_rescan = 0.0
         self._waiting: dict[tuple[str, str], float] = {}  # queued tasks held by not_before
 
     # -- what the book tells us (BookListener) -------------------------------------------------
 
     def activated(self, active: ActiveRun) -> None:
-        self.settler.check_cancel(active)
+        self.stopper.check_cancel(active)
         for task, state in active.states.items():
             if state.terminal and active.specs[task].worktree:
                 self.scheduler.spawn(self.settler.settle_worktree(active.id, task))
@@ -233,7 +243,7 @@ class Coordinator:
                 return
             active = self.book.activate(hint.run_id)
             if active is not None:
-                self.settler.check_cancel(active)
+                self.stopper.check_cancel(active)
         elif hint.kind == "rescan":
             self.rescan()
 
@@ -258,7 +268,7 @@ class Coordinator:
                 self._next_rescan = min(self._next_rescan, self.clock.monotonic() + LOCKED_AGAIN)
         for active in list(self.book.runs.values()):
             try:
-                self.settler.check_cancel(active)
+                self.stopper.check_cancel(active)
                 for task, dep in active.blocked_by_failure():
                     self.book.fail_queued(active, task, f"dependency {dep} failed")
                 if active.finished():
@@ -293,7 +303,7 @@ class Coordinator:
                 self.rescan()
             self.intake.tick(now)
             self.scheduler.run_due(now)
-            self.settler.check_timeouts(now)
+            self.stopper.check_timeouts(now)
             self.schedule()
             self.report.update(self.problems())
         except (OccoordError, OSError) as exc:

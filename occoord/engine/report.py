@@ -25,10 +25,11 @@ REPORT_FILE = "watcher.json"
 
 
 class WatcherReport:
-    def __init__(self, root: Path, clock: Clock, *, server_version: str = "") -> None:
+    def __init__(self, root: Path, clock: Clock, *, server_version: str = "", server_url: str = "") -> None:
         self.path = root / REPORT_FILE
         self.clock = clock
         self.server_version = server_version
+        self.server_url = server_url  # never a password: the file is for anyone who reads the spool
         self.started_at = iso(clock.wall())
         self._shown: dict[str, str] | None = None
         self._since: dict[str, str] = {}
@@ -44,6 +45,7 @@ class WatcherReport:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "server_version": self.server_version,
+            "server_url": self.server_url,
             "updated_at": now,
             "problems": [{"what": current[k], "since": self._since[k]} for k in sorted(current)],
         }

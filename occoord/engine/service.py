@@ -81,10 +81,16 @@ class SpoolLock:
         self.fd = fd
         return True
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, following: bool = False) -> None:
+        """``following``: the caller follows a run another coordinator serves (``occoord run``),
+        which is no news worth a warning."""
         if self.try_acquire():
             return
-        log.warning("another coordinator holds %s; waiting as a standby", self.path)
+        log.log(
+            logging.INFO if following else logging.WARNING,
+            "another coordinator holds %s; waiting as a standby",
+            self.path,
+        )
         loop = asyncio.get_running_loop()
         got: asyncio.Future[int] = loop.create_future()
 
@@ -228,10 +234,11 @@ async def serve(
     stop: asyncio.Event,
     *,
     on_ready: Any = None,
+    following: bool = False,
 ) -> Coordinator | None:
     """Run the coordinator on ``spool`` until ``stop`` is set. Returns the coordinator used."""
     lock = SpoolLock(spool)
-    acquiring = asyncio.ensure_future(lock.acquire())
+    acquiring = asyncio.ensure_future(lock.acquire(following=following))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not acquiring.done():

@@ -1,5 +1,5 @@
-"""Ending attempts: reading a finished turn, settling the task, saving what the agent said,
-stopping attempts (timeouts, cancel requests) and winding down sessions decided from outside.
+"""Ending attempts: reading a finished turn, settling the task, saving what the agent said, and
+winding down sessions decided from outside. Stopping attempts (timeouts, cancel) is ``stopping``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt, AttemptTable, FailurePolicy, outcome_details, outcome_reason
 from occoord.engine.book import RunBook
 from occoord.engine.ports import Clock, OpenCodePort, Scheduler
-from occoord.engine.runs import ActiveRun
 from occoord.engine.workspaces import Workspaces
-from occoord.errors import ApiError, GitError, OccoordError, SessionBusy, SpoolError
+from occoord.errors import ApiError, GitError, OccoordError, SpoolError
 from occoord.fsutil import atomic_write
 from occoord.opencode.models import ErrorInfo
 from occoord.opencode.outcome import ABORTED_ERROR, TurnOutcome, classify
-from occoord.spool.cancel import pending_cancels
+from occoord.opencode.usage import Usage, usage_of
 from occoord.spool.states import TaskState
 
 __all__ = ["SettleSettings", "Settler", "with_session_error"]
@@ -30,14 +29,11 @@ log = logging.getLogger(__name__)
 FINISH_BACKOFF = Backoff(base=1.0, cap=30.0)
 # A failed write (disk full, EACCES): again after 1 s, 2 s, ... at most a minute apart.
 WRITE_BACKOFF = Backoff(base=1.0, cap=60.0)
-# Stopping a session the server cannot be asked about yet.
-STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 @dataclass(frozen=True)
 class SettleSettings:
     signal_grace: float  # a session still busy this long after its task was signalled is aborted
-    provider_retries: int = 5  # provider retries OpenCode may make in one turn before it is stopped
 
 
 class Settler:
@@ -102,13 +98,25 @@ class Settler:
                 self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
             )
             return
+        usage = await self.usage(attempt)
         if attempt.cancel_reason:
-            await self.settle(attempt, outcome, attempt.cancel_reason, retryable=False)
+            await self.settle(attempt, outcome, attempt.cancel_reason, retryable=False, usage=usage)
         elif outcome.kind == "done":
-            await self.settle(attempt, outcome, outcome_reason(outcome), retryable=False, done=True)
+            reason = outcome_reason(outcome)
+            await self.settle(attempt, outcome, reason, retryable=False, done=True, usage=usage)
         else:
             retryable = outcome.kind == "not_started" or bool(outcome.retryable)
-            await self.settle(attempt, outcome, outcome_reason(outcome), retryable=retryable)
+            await self.settle(attempt, outcome, outcome_reason(outcome), retryable=retryable, usage=usage)
+
+    async def usage(self, attempt: Attempt) -> Usage | None:
+        """What the attempt's turn cost, sub-agents included; None if the server cannot say."""
+        if attempt.session_id is None:
+            return None
+        try:
+            return await usage_of(self.client, attempt.session_id, attempt.directory)
+        except OccoordError as exc:
+            log.info("%s: no usage figures: %s", attempt.label, exc)
+            return None
 
     def session_gone(self, attempt: Attempt) -> None:
         """The server no longer knows the session (it lost its data, or was replaced): the attempt
@@ -135,11 +143,14 @@ class Settler:
         done: bool = False,
         unreachable: bool = False,
         tries: int = 0,
+        usage: Usage | None = None,
     ) -> None:
         """Record the attempt's outcome; the attempt keeps its slot until that is written."""
         attempt.settling = True
         try:
             extra = await self._finish_worktree(attempt, done=done)
+            if usage is not None:
+                extra["attempt_usage"] = usage
             self._record(
                 attempt, outcome, reason, retryable=retryable, done=done, unreachable=unreachable, extra=extra
             )
@@ -160,6 +171,7 @@ class Settler:
                         done=done,
                         unreachable=unreachable,
                         tries=tries + 1,
+                        usage=usage,
                     )
                 )
 
@@ -188,7 +200,12 @@ class Settler:
             # has followed, even if that change's hint was lost.
             self.book.observe(attempt.run_id, attempt.task)
             return
+        attempt_usage = extra.pop("attempt_usage", None)
         details = {**record.details, **(outcome_details(outcome) if outcome else {}), **extra}
+        if isinstance(attempt_usage, Usage):  # what the task cost so far: every attempt, added up
+            details["usage"] = (
+                (Usage.from_json(record.details.get("usage")) or Usage()) + attempt_usage
+            ).to_json()
         if done:
             self.book.move(active, attempt.task, TaskState.PENDING, TaskState.DONE, reason, details=details)
             return
@@ -294,6 +311,7 @@ class Settler:
 
     async def _wound_down(self, attempt: Attempt) -> None:
         await self.save_result(attempt)
+        await self._record_usage(attempt)
         if attempt.prepared:
             await self.settle_worktree(attempt.run_id, attempt.task)
 
@@ -314,6 +332,22 @@ class Settler:
             await self.abort(attempt)
         await self._wound_down(attempt)
 
+    async def _record_usage(self, attempt: Attempt) -> None:
+        """A task decided from outside: add what its turn cost to its (terminal) record."""
+        usage = await self.usage(attempt)
+        active = self.book.runs.get(attempt.run_id)
+        if usage is None or active is None:
+            return
+        try:
+            record = active.run.tasks.read(attempt.task)
+            if record is None or not record.state.terminal or record.attempt != attempt.attempt:
+                return
+            total = (Usage.from_json(record.details.get("usage")) or Usage()) + usage
+            details = {**record.details, "usage": total.to_json()}
+            active.run.tasks.update(attempt.task, record.state, durable=False, details=details)
+        except (OccoordError, OSError) as exc:
+            log.info("%s: cannot record the usage: %s", attempt.label, exc)
+
     async def save_result(self, attempt: Attempt) -> None:
         """The task was signalled from outside: keep what the agent said so far."""
         if attempt.session_id is None:
@@ -324,47 +358,7 @@ class Settler:
             return
         self.write_result(attempt, classify(list(messages)))
 
-    # -- stopping an attempt -------------------------------------------------------------------
-
-    def check_timeouts(self, now: float) -> None:
-        for expiry in self.table.expired(now):
-            self.stop(expiry.attempt, expiry.reason, retryable=expiry.retryable)
-
-    def stop(self, attempt: Attempt, reason: str, *, retryable: bool) -> None:
-        attempt.settling = True  # at once: the next tick must not stop it again
-        self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable))
-
-    async def _abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool, tries: int = 0) -> None:
-        try:
-            await self.silence(attempt)
-        except OccoordError as exc:
-            # Until the session is seen stopped, the task keeps this attempt (and its slot): a new
-            # attempt beside a turn that still runs would put two agents on one task.
-            delay = STOP_BACKOFF.delay(tries + 1)
-            log.warning("%s: cannot stop its session yet (again in %.0f s): %s", attempt.label, delay, exc)
-            self.scheduler.call_at(
-                self.clock.monotonic() + delay,
-                lambda: self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable, tries + 1)),
-            )
-            return
-        await self.settle(attempt, None, reason, retryable=retryable)
-
-    async def silence(self, attempt: Attempt) -> None:
-        """Abort the attempt's session (found by its title if its id never came back) and see that
-        it is no longer busy. Raises OccoordError while that cannot be seen."""
-        if attempt.session_id is not None:
-            sessions = [attempt.session_id]
-        else:
-            found = await self.client.find_sessions(attempt.directory, attempt.title)
-            sessions = [s.id for s in found]
-        for session_id in sessions:
-            await self.client.abort(session_id, attempt.directory)
-        if not sessions:
-            return
-        busy = await self.client.session_status(attempt.directory)
-        for session_id in sessions:
-            if session_id in busy:
-                raise SessionBusy(session_id)
+    # -- best-effort abort (the task is decided already) ---------------------------------------
 
     async def abort(self, attempt: Attempt) -> None:
         """Best effort (the task is decided already): abort, and log a failure."""
@@ -374,38 +368,6 @@ class Settler:
             await self.client.abort(attempt.session_id, attempt.directory)
         except OccoordError as exc:
             log.warning("%s: abort failed: %s", attempt.label, exc)
-
-    def provider_retrying(self, attempt: Attempt, number: int, message: str) -> None:
-        """The provider failed and OpenCode retries by itself (session.status "retry"): show it,
-        and after too many retries stop the turn instead of waiting for the idle timeout."""
-        attempt.provider_retries = max(number, attempt.provider_retries + 1)
-        shown = f"retrying (attempt {attempt.provider_retries}): {message}".strip()
-        active = self.book.runs.get(attempt.run_id)
-        if active is not None:
-            try:
-                active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, reason=shown)
-            except (OccoordError, OSError) as exc:
-                log.warning("%s: cannot record the provider retry: %s", attempt.label, exc)
-        if attempt.provider_retries > self.settings.provider_retries and not attempt.settling:
-            reason = f"the provider kept failing ({attempt.provider_retries} retries): {message}"
-            log.warning("%s: %s; stopping the turn", attempt.label, reason)
-            self.stop(attempt, reason, retryable=True)
-
-    def check_cancel(self, active: ActiveRun) -> None:
-        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
-        for path, tasks in pending_cancels(active.run.dir, active.specs):
-            for task in tasks:
-                state = active.states.get(task)
-                if state is TaskState.QUEUED:
-                    self.book.move(active, task, TaskState.QUEUED, TaskState.FAILED, "cancelled")
-                elif state is TaskState.PENDING:
-                    attempt = self.table.get(active.id, task)
-                    if attempt is not None:
-                        attempt.cancel_reason = "cancelled"
-                        self.stop(attempt, "cancelled", retryable=False)
-                    else:
-                        self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
-            path.unlink(missing_ok=True)
 
 
 def with_session_error(outcome: TurnOutcome, error: ErrorInfo | None) -> TurnOutcome:

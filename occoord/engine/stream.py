@@ -13,6 +13,7 @@ import logging
 from occoord.engine.attempts import Attempt, AttemptTable
 from occoord.engine.ports import Clock, OpenCodePort, Scheduler
 from occoord.engine.settle import Settler
+from occoord.engine.stopping import Stopper
 from occoord.errors import OccoordError
 from occoord.opencode import events as ev
 
@@ -23,8 +24,15 @@ log = logging.getLogger(__name__)
 
 class EventRouter:
     def __init__(
-        self, client: OpenCodePort, table: AttemptTable, settler: Settler, clock: Clock, scheduler: Scheduler
+        self,
+        client: OpenCodePort,
+        table: AttemptTable,
+        settler: Settler,
+        stopper: Stopper,
+        clock: Clock,
+        scheduler: Scheduler,
     ) -> None:
+        self.stopper = stopper
         self.client = client
         self.table = table
         self.settler = settler
@@ -52,7 +60,7 @@ class EventRouter:
             attempt.error = event.error
         elif isinstance(event, ev.SessionStatusChanged) and event.status == "retry":
             attempt.began = True
-            self.settler.provider_retrying(attempt, event.attempt or 0, event.message or "")
+            self.stopper.provider_retrying(attempt, event.attempt or 0, event.message or "")
         elif _shows_a_turn(event):
             attempt.began = True
 

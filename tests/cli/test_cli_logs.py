@@ -89,6 +89,7 @@ def test_without_a_server_the_result_is_shown(watcher: Proc, spool_dir: Path) ->
     drop_atomically(spool_dir, "quick.json", manifest(task("q", "[sim: reply the answer]"), name="quick"))
     run_dir = the_run(spool_dir, "quick")
     summary(run_dir)
+    assert watcher.stop() == 0  # its simulator goes with it: no server is known any more
     out = subprocess.run(
         logs_argv(spool_dir, "latest", "q"), capture_output=True, text=True, env=plain_env(), timeout=60
     )

@@ -65,7 +65,7 @@ def row(screen: str, task_id: str) -> list[str]:
 
 def test_the_live_view_follows_a_run_and_q_quits(tmux: Tmux, tmp_path: Path, workdir: Path) -> None:
     spool = tmp_path / "spool"
-    watcher = start_watcher(spool, workdir)  # --simulate: no server is recorded, the files are read
+    watcher = start_watcher(spool, workdir)  # --simulate: found through SPOOL/watcher.json
     exit_file = tmp_path / "top.exit"
     argv = occoord_argv("top", "--spool", str(spool))
     tmux.start(f"{shlex.join(argv)} 2>{tmp_path / 'top.err'}; echo $? > {exit_file}")
@@ -82,7 +82,9 @@ def test_the_live_view_follows_a_run_and_q_quits(tmux: Tmux, tmp_path: Path, wor
     wait_for(lambda: row(tmux.screen(), "second")[1:2] == ["pending"], 20, 0.05, what="second running")
     screen = tmux.screen()
     assert row(screen, "first")[1:3] == ["done", "1"], screen
-    assert "first step written" in screen  # what the agent said last, from results/first.md
+    # What the agent said last, from results/first.md (cut to the column's width, now that the
+    # tokens and cost columns have figures).
+    assert "first step writ" in screen
     wait_for(lambda: "finished: 2 done" in tmux.screen(), 20, 0.05, what="the run finished")
     assert row(tmux.screen(), "second")[1] == "done"
     assert states(run_dir) == {"first": "done", "second": "done"}

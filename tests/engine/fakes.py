@@ -46,6 +46,7 @@ class FakeSession:
     busy: bool = False
     prompts: list[str] = field(default_factory=list)
     aborted: int = 0
+    parent: str | None = None  # a sub-agent's session names its parent
 
     def info(self) -> Session:
         return Session(self.id, self.title, self.directory, self.created_ms)
@@ -59,6 +60,7 @@ class FakeOpenCode:
         self.calls: list[tuple[str, ...]] = []
         self._failures: dict[str, list[BaseException]] = {}
         self._lost: dict[str, list[BaseException]] = {}
+        self.usage: dict[str, dict[str, object]] = {}  # message id -> its cost and tokens
         self._ids = itertools.count(1)
         # Called after a prompt is taken; a test may end the turn at once, for instance.
         self.on_prompt: Callable[[FakeSession, str], None] | None = None
@@ -112,19 +114,35 @@ class FakeOpenCode:
         ]
 
     def end_turn(
-        self, session_id: str, *, text: str = "finished", error: ErrorInfo | None = None
+        self,
+        session_id: str,
+        *,
+        text: str = "finished",
+        error: ErrorInfo | None = None,
+        cost: float = 0.0,
+        tokens: dict[str, object] | None = None,
     ) -> list[object]:
         """The turn ends (with ``error``, or successfully): the session goes idle."""
         session = self.sessions[session_id]
         session.busy = False
         finish = None if error else "stop"
-        session.messages.append(
-            self._message(session, "assistant", text=text, error=error, finish=finish, completed_ms=1)
-        )
+        message = self._message(session, "assistant", text=text, error=error, finish=finish, completed_ms=1)
+        session.messages.append(message)
+        if cost or tokens:
+            self.usage[message.id] = {"cost": cost, "tokens": tokens or {}}
         return [
             ev.SessionStatusChanged(session.directory, session_id, "idle"),
             ev.SessionIdle(session.directory, session_id),
         ]
+
+    def add_child(self, parent_id: str, *, cost: float, tokens: dict[str, object]) -> FakeSession:
+        """A sub-agent's session under ``parent_id`` that answered once."""
+        parent = self.sessions[parent_id]
+        n = next(self._ids)
+        child = FakeSession(f"ses_{n:04d}", "subagent", parent.directory, created_ms=n, parent=parent_id)
+        self.sessions[child.id] = child
+        self.end_turn(child.id, cost=cost, tokens=tokens)
+        return child
 
     def session_of(self, title_prefix: str) -> FakeSession:
         found = [s for s in self.sessions.values() if s.title.startswith(title_prefix)]
@@ -186,6 +204,27 @@ class FakeOpenCode:
         return {
             s.id: SessionStatus("busy") for s in self.sessions.values() if s.directory == directory and s.busy
         }
+
+    async def get_json(
+        self, path: str, directory: str | None = None, params: Mapping[str, str | int] | None = None
+    ) -> object:
+        """The raw answers usage_of reads: a session's messages (with cost and tokens) and children."""
+        self._enter("get_json", path)
+        parts = path.strip("/").split("/")
+        session = self.sessions.get(parts[1]) if len(parts) == 3 and parts[0] == "session" else None
+        if session is None:
+            from occoord.errors import ApiError
+
+            raise ApiError("GET", path, 404, "NotFoundError", "no such session")
+        if parts[2] == "children":
+            return [{"id": s.id} for s in self.sessions.values() if s.parent == session.id]
+        return [
+            {
+                "info": {"id": m.id, "sessionID": m.session_id, "role": m.role, **self.usage.get(m.id, {})},
+                "parts": [],
+            }
+            for m in session.messages
+        ]
 
     async def dispose(self, directory: str) -> None:
         self._enter("dispose", directory)

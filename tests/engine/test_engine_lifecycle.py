@@ -164,3 +164,26 @@ def test_a_flood_of_events_does_not_starve_the_deadlines(engine: Engine) -> None
         assert attempt is not None and attempt.began
 
     engine.play(scenario)
+
+
+def test_cost_and_tokens_of_a_task_add_up_its_attempts_and_sub_agents(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", retries=1)))
+        first = e.session(run, "t")
+        tokens = {"input": 100, "output": 10, "reasoning": 5, "cache": {"read": 1000, "write": 50}}
+        overloaded = ErrorInfo("APIError", "overloaded", retryable=True)
+        await e.events(e.client.end_turn(first, error=overloaded, cost=0.25, tokens=tokens))
+        await e.advance(5)
+        second = e.session(run, "t", attempt=2)
+        e.client.add_child(second, cost=0.5, tokens={"input": 7, "output": 3})
+        await e.events(e.client.end_turn(second, cost=1.0, tokens=tokens))
+        usage = e.record(run, "t").details["usage"]
+        assert usage["cost"] == 1.75
+        assert usage["tokens"]["input"] == 207 and usage["tokens"]["output"] == 23
+        assert usage["tokens"]["cache"] == {"read": 2000, "write": 100}
+        summary = e.summary(run)
+        assert summary is not None and summary["usage"]["cost"] == 1.75
+        assert summary["tasks"][0]["usage"]["cost"] == 1.75
+
+    engine.play(scenario)

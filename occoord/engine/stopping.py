@@ -1,0 +1,119 @@
+"""Stopping attempts: the three timeouts, cancel requests, a provider that keeps failing.
+
+An attempt is stopped by aborting its session and seeing it no longer busy; only then is its
+outcome settled, so a later attempt never runs beside it. Until the server can be asked, the
+attempt waits, holding its slot.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from occoord.backoff import Backoff
+from occoord.engine.attempts import Attempt, AttemptTable
+from occoord.engine.book import RunBook
+from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.runs import ActiveRun
+from occoord.engine.settle import Settler
+from occoord.errors import OccoordError, SessionBusy
+from occoord.spool.cancel import pending_cancels
+from occoord.spool.states import TaskState
+
+__all__ = ["Stopper"]
+
+log = logging.getLogger(__name__)
+
+# Stopping a session the server cannot be asked about yet: again after 1 s, 2 s, ... 30 s apart.
+STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
+
+
+class Stopper:
+    def __init__(
+        self,
+        client: OpenCodePort,
+        book: RunBook,
+        table: AttemptTable,
+        settler: Settler,
+        clock: Clock,
+        scheduler: Scheduler,
+        provider_retries: int,
+    ) -> None:
+        self.client = client
+        self.book = book
+        self.table = table
+        self.settler = settler
+        self.clock = clock
+        self.scheduler = scheduler
+        self.provider_retries = provider_retries
+
+    def check_timeouts(self, now: float) -> None:
+        for expiry in self.table.expired(now):
+            self.stop(expiry.attempt, expiry.reason, retryable=expiry.retryable)
+
+    def stop(self, attempt: Attempt, reason: str, *, retryable: bool) -> None:
+        attempt.settling = True  # at once: the next tick must not stop it again
+        self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable))
+
+    async def _abort_and_settle(self, attempt: Attempt, reason: str, retryable: bool, tries: int = 0) -> None:
+        try:
+            await self.silence(attempt)
+        except OccoordError as exc:
+            # Until the session is seen stopped, the task keeps this attempt (and its slot): a new
+            # attempt beside a turn that still runs would put two agents on one task.
+            delay = STOP_BACKOFF.delay(tries + 1)
+            log.warning("%s: cannot stop its session yet (again in %.0f s): %s", attempt.label, delay, exc)
+            self.scheduler.call_at(
+                self.clock.monotonic() + delay,
+                lambda: self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable, tries + 1)),
+            )
+            return
+        await self.settler.settle(attempt, None, reason, retryable=retryable)
+
+    async def silence(self, attempt: Attempt) -> None:
+        """Abort the attempt's session (found by its title if its id never came back) and see that
+        it is no longer busy. Raises OccoordError while that cannot be seen."""
+        if attempt.session_id is not None:
+            sessions = [attempt.session_id]
+        else:
+            found = await self.client.find_sessions(attempt.directory, attempt.title)
+            sessions = [s.id for s in found]
+        for session_id in sessions:
+            await self.client.abort(session_id, attempt.directory)
+        if not sessions:
+            return
+        busy = await self.client.session_status(attempt.directory)
+        for session_id in sessions:
+            if session_id in busy:
+                raise SessionBusy(session_id)
+
+    def provider_retrying(self, attempt: Attempt, number: int, message: str) -> None:
+        """The provider failed and OpenCode retries by itself (session.status "retry"): show it,
+        and after too many retries stop the turn instead of waiting for the idle timeout."""
+        attempt.provider_retries = max(number, attempt.provider_retries + 1)
+        shown = f"retrying (attempt {attempt.provider_retries}): {message}".strip()
+        active = self.book.runs.get(attempt.run_id)
+        if active is not None:
+            try:
+                active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, reason=shown)
+            except (OccoordError, OSError) as exc:
+                log.warning("%s: cannot record the provider retry: %s", attempt.label, exc)
+        if attempt.provider_retries > self.provider_retries and not attempt.settling:
+            reason = f"the provider kept failing ({attempt.provider_retries} retries): {message}"
+            log.warning("%s: %s; stopping the turn", attempt.label, reason)
+            self.stop(attempt, reason, retryable=True)
+
+    def check_cancel(self, active: ActiveRun) -> None:
+        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
+        for path, tasks in pending_cancels(active.run.dir, active.specs):
+            for task in tasks:
+                state = active.states.get(task)
+                if state is TaskState.QUEUED:
+                    self.book.move(active, task, TaskState.QUEUED, TaskState.FAILED, "cancelled")
+                elif state is TaskState.PENDING:
+                    attempt = self.table.get(active.id, task)
+                    if attempt is not None:
+                        attempt.cancel_reason = "cancelled"
+                        self.stop(attempt, "cancelled", retryable=False)
+                    else:
+                        self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
+            path.unlink(missing_ok=True)
