@@ -12,12 +12,12 @@ from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt, AttemptTable, FailurePolicy, outcome_details, outcome_reason
 from occoord.engine.book import RunBook
 from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.results import ResultKeeper
 from occoord.engine.workspaces import Workspaces
 from occoord.errors import ApiError, GitError, OccoordError, SpoolError
-from occoord.fsutil import atomic_write
 from occoord.opencode.models import ErrorInfo
 from occoord.opencode.outcome import ABORTED_ERROR, TurnOutcome, classify
-from occoord.opencode.usage import Usage, usage_of
+from occoord.opencode.usage import Usage
 from occoord.spool.states import TaskState
 
 __all__ = ["SettleSettings", "Settler", "with_session_error"]
@@ -48,6 +48,7 @@ class Settler:
         workspaces: Workspaces,
     ) -> None:
         self.workspaces = workspaces
+        self.results = ResultKeeper(client, book)
         self.client = client
         self.book = book
         self.table = table
@@ -87,7 +88,7 @@ class Settler:
             return
         outcome = with_session_error(classify(list(messages)), attempt.error)
         try:
-            self.write_result(attempt, outcome)
+            self.results.write_result(attempt, outcome)
         except OSError as exc:
             attempt.settling = False
             attempt.rereading = True
@@ -98,7 +99,9 @@ class Settler:
                 self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
             )
             return
-        usage = await self.usage(attempt)
+        usage = await self.results.usage(attempt)
+        if outcome.kind != "done":
+            await self.results.write_log(attempt)
         if attempt.cancel_reason:
             await self.settle(attempt, outcome, attempt.cancel_reason, retryable=False, usage=usage)
         elif outcome.kind == "done":
@@ -107,16 +110,6 @@ class Settler:
         else:
             retryable = outcome.kind == "not_started" or bool(outcome.retryable)
             await self.settle(attempt, outcome, outcome_reason(outcome), retryable=retryable, usage=usage)
-
-    async def usage(self, attempt: Attempt) -> Usage | None:
-        """What the attempt's turn cost, sub-agents included; None if the server cannot say."""
-        if attempt.session_id is None:
-            return None
-        try:
-            return await usage_of(self.client, attempt.session_id, attempt.directory)
-        except OccoordError as exc:
-            log.info("%s: no usage figures: %s", attempt.label, exc)
-            return None
 
     def session_gone(self, attempt: Attempt) -> None:
         """The server no longer knows the session (it lost its data, or was replaced): the attempt
@@ -262,30 +255,6 @@ class Settler:
         self.problems.pop((run_id, task), None)
         self.scheduler.call_at(self.clock.monotonic(), _wake)
 
-    def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
-        """Keep what the agent said: ``results/T@N.md`` for attempt N, and ``results/T.md`` unless a
-        newer attempt has started (a late text never overwrites a newer attempt's)."""
-        # By path, not through the active run: a signalled task's text often arrives after its run
-        # has finished and left the book.
-        run_dir = self.book.spool.runs / attempt.run_id
-        if not outcome.text or not run_dir.is_dir():
-            return
-        data = outcome.text.encode("utf-8", "replace")
-        durable = self.book.spool.durable
-        atomic_write(run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md", data, durable=durable)
-        newest = self._newest_attempt(attempt)
-        if newest is None or newest <= attempt.attempt:
-            atomic_write(run_dir / "results" / f"{attempt.task}.md", data, durable=durable)
-
-    def _newest_attempt(self, attempt: Attempt) -> int | None:
-        active = self.book.runs.get(attempt.run_id)
-        try:
-            run = active.run if active is not None else self.book.spool.run(attempt.run_id)
-            record = run.tasks.read(attempt.task)
-        except (OccoordError, OSError):
-            return None
-        return record.attempt if record is not None else None
-
     # -- a task decided from outside -----------------------------------------------------------
 
     def wind_down(self, attempt: Attempt) -> None:
@@ -310,8 +279,8 @@ class Settler:
             self.scheduler.spawn(self._wound_down(attempt))
 
     async def _wound_down(self, attempt: Attempt) -> None:
-        await self.save_result(attempt)
-        await self._record_usage(attempt)
+        await self.results.save_result(attempt)
+        await self.results.record_usage(attempt)
         if attempt.prepared:
             await self.settle_worktree(attempt.run_id, attempt.task)
 
@@ -331,32 +300,6 @@ class Settler:
             )
             await self.abort(attempt)
         await self._wound_down(attempt)
-
-    async def _record_usage(self, attempt: Attempt) -> None:
-        """A task decided from outside: add what its turn cost to its (terminal) record."""
-        usage = await self.usage(attempt)
-        active = self.book.runs.get(attempt.run_id)
-        if usage is None or active is None:
-            return
-        try:
-            record = active.run.tasks.read(attempt.task)
-            if record is None or not record.state.terminal or record.attempt != attempt.attempt:
-                return
-            total = (Usage.from_json(record.details.get("usage")) or Usage()) + usage
-            details = {**record.details, "usage": total.to_json()}
-            active.run.tasks.update(attempt.task, record.state, durable=False, details=details)
-        except (OccoordError, OSError) as exc:
-            log.info("%s: cannot record the usage: %s", attempt.label, exc)
-
-    async def save_result(self, attempt: Attempt) -> None:
-        """The task was signalled from outside: keep what the agent said so far."""
-        if attempt.session_id is None:
-            return
-        try:
-            messages = await self.client.messages(attempt.session_id, attempt.directory)
-        except OccoordError:
-            return
-        self.write_result(attempt, classify(list(messages)))
 
     # -- best-effort abort (the task is decided already) ---------------------------------------
 

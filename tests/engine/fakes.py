@@ -218,13 +218,20 @@ class FakeOpenCode:
             raise ApiError("GET", path, 404, "NotFoundError", "no such session")
         if parts[2] == "children":
             return [{"id": s.id} for s in self.sessions.values() if s.parent == session.id]
-        return [
-            {
-                "info": {"id": m.id, "sessionID": m.session_id, "role": m.role, **self.usage.get(m.id, {})},
-                "parts": [],
+        raw = []
+        for m in session.messages:
+            info: dict[str, object] = {
+                "id": m.id,
+                "sessionID": m.session_id,
+                "role": m.role,
+                "finish": m.finish,
             }
-            for m in session.messages
-        ]
+            info.update(self.usage.get(m.id, {}))
+            if m.error is not None:
+                info["error"] = {"name": m.error.name, "data": {"message": m.error.message}}
+            parts = [{"type": "text", "id": f"prt_{m.id}", "text": m.text}] if m.text else []
+            raw.append({"info": info, "parts": parts})
+        return raw
 
     async def dispose(self, directory: str) -> None:
         self._enter("dispose", directory)

@@ -18,6 +18,20 @@ from occoord.spool.states import TaskState
 from occoord.spool.tasks import RunTasks
 
 
+def test_a_failed_turn_keeps_its_transcript_beside_the_results(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", retries=0)))
+        sid = e.session(run, "t")
+        bad = ErrorInfo("ProviderAuthError", "no key")
+        await e.events(e.client.end_turn(sid, text="I tried the build", error=bad))
+        assert e.state(run, "t") is TaskState.FAILED
+        log = (e.spool.runs / run / "results" / "t.log").read_text()
+        assert "I tried the build" in log and "[error] ProviderAuthError: no key" in log
+
+    engine.play(scenario)
+
+
 def test_a_session_error_without_an_assistant_message_fails_with_that_error(engine: Engine) -> None:
     async def scenario(e: Engine) -> None:
         await e.start()
@@ -110,9 +124,9 @@ def test_an_outcome_that_cannot_be_written_keeps_its_slot_and_is_written_once_th
 def test_a_result_that_cannot_be_saved_is_saved_later_and_the_task_then_ends(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import occoord.engine.settle as settle
+    import occoord.engine.results as results
 
-    real = settle.atomic_write
+    real = results.atomic_write
     failures = {"left": 1}
 
     def full_disk(path: object, data: bytes, **kwargs: object) -> None:
@@ -124,7 +138,7 @@ def test_a_result_that_cannot_be_saved_is_saved_later_and_the_task_then_ends(
     async def scenario(e: Engine) -> None:
         await e.start()
         run = await e.submit(manifest(task("t")))
-        monkeypatch.setattr(settle, "atomic_write", full_disk)
+        monkeypatch.setattr(results, "atomic_write", full_disk)
         await e.events(e.client.end_turn(e.session(run, "t"), text="the answer"))
         assert e.state(run, "t") is TaskState.PENDING
         await e.advance(1)

@@ -1,0 +1,110 @@
+"""What an attempt leaves besides its state: the agent's final text (``results/T.md`` and
+``T@N.md``), the transcript of a turn that failed (``results/T.log``), and what it cost.
+
+All best effort where the outcome does not depend on it: a log or a usage figure that cannot be
+had is logged and skipped; only the final text's write failing delays the outcome (the settler
+tries again).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from occoord.engine.attempts import Attempt
+from occoord.engine.book import RunBook
+from occoord.engine.ports import OpenCodePort
+from occoord.errors import OccoordError
+from occoord.fsutil import atomic_write
+from occoord.opencode.outcome import TurnOutcome, classify
+from occoord.opencode.transcript import fetch_transcript
+from occoord.opencode.usage import Usage, usage_of
+
+__all__ = ["ResultKeeper"]
+
+log = logging.getLogger(__name__)
+
+# The last messages of a failed turn kept in results/T.log.
+LOG_MESSAGES = 20
+
+
+class ResultKeeper:
+    def __init__(self, client: OpenCodePort, book: RunBook) -> None:
+        self.client = client
+        self.book = book
+
+    def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
+        """Keep what the agent said: ``results/T@N.md`` for attempt N, and ``results/T.md`` unless a
+        newer attempt has started (a late text never overwrites a newer attempt's)."""
+        # By path, not through the active run: a signalled task's text often arrives after its run
+        # has finished and left the book.
+        run_dir = self.book.spool.runs / attempt.run_id
+        if not outcome.text or not run_dir.is_dir():
+            return
+        data = outcome.text.encode("utf-8", "replace")
+        durable = self.book.spool.durable
+        atomic_write(run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md", data, durable=durable)
+        newest = self._newest_attempt(attempt)
+        if newest is None or newest <= attempt.attempt:
+            atomic_write(run_dir / "results" / f"{attempt.task}.md", data, durable=durable)
+
+    def _newest_attempt(self, attempt: Attempt) -> int | None:
+        active = self.book.runs.get(attempt.run_id)
+        try:
+            run = active.run if active is not None else self.book.spool.run(attempt.run_id)
+            record = run.tasks.read(attempt.task)
+        except (OccoordError, OSError):
+            return None
+        return record.attempt if record is not None else None
+
+    async def write_log(self, attempt: Attempt) -> None:
+        """A turn that did not end well: keep its transcript (text, tool calls, errors) as
+        ``results/T.log``, the last output a person looks at to see why."""
+        run_dir = self.book.spool.runs / attempt.run_id
+        if attempt.session_id is None or not run_dir.is_dir():
+            return
+        try:
+            entries = await fetch_transcript(
+                self.client, attempt.session_id, attempt.directory, last=LOG_MESSAGES
+            )
+            text = "\n".join(entry.render() for entry in entries).strip()
+            if text:
+                data = (text + "\n").encode("utf-8", "replace")
+                atomic_write(run_dir / "results" / f"{attempt.task}.log", data, durable=False)
+        except (OccoordError, OSError) as exc:  # the outcome matters more than its log
+            log.info("%s: no transcript kept: %s", attempt.label, exc)
+
+    async def usage(self, attempt: Attempt) -> Usage | None:
+        """What the attempt's turn cost, sub-agents included; None if the server cannot say."""
+        if attempt.session_id is None:
+            return None
+        try:
+            return await usage_of(self.client, attempt.session_id, attempt.directory)
+        except OccoordError as exc:
+            log.info("%s: no usage figures: %s", attempt.label, exc)
+            return None
+
+    async def record_usage(self, attempt: Attempt) -> None:
+        """A task decided from outside: add what its turn cost to its (terminal) record."""
+        usage = await self.usage(attempt)
+        active = self.book.runs.get(attempt.run_id)
+        if usage is None or active is None:
+            return
+        try:
+            record = active.run.tasks.read(attempt.task)
+            if record is None or not record.state.terminal or record.attempt != attempt.attempt:
+                return
+            total = (Usage.from_json(record.details.get("usage")) or Usage()) + usage
+            details = {**record.details, "usage": total.to_json()}
+            active.run.tasks.update(attempt.task, record.state, durable=False, details=details)
+        except (OccoordError, OSError) as exc:
+            log.info("%s: cannot record the usage: %s", attempt.label, exc)
+
+    async def save_result(self, attempt: Attempt) -> None:
+        """The task was signalled from outside: keep what the agent said so far."""
+        if attempt.session_id is None:
+            return
+        try:
+            messages = await self.client.messages(attempt.session_id, attempt.directory)
+        except OccoordError:
+            return
+        self.write_result(attempt, classify(list(messages)))
