@@ -41,19 +41,31 @@ _INPUT_ERRORS = (ManifestError, NotFound, IllegalTransition, TransitionConflict,
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="occoord")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log output: -v debug lines, -vv also every HTTP request to the server.",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Run many OpenCode agent tasks in parallel, with a spool directory as the interface.
 
     Drop a manifest into SPOOL/incoming/ (or `occoord submit`), and each task becomes an OpenCode
     session whose state is one file: SPOOL/runs/RUN/tasks/TASK.{queued,pending,done,failed}.
     """
-    level = logging.WARNING - 10 * verbose
     logging.basicConfig(
-        level=max(level, logging.DEBUG),
+        level=logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A watcher is a service: by default its log tells the story (a run accepted, each transition,
+    # a run finished); the other commands say only what went wrong.
+    base = logging.INFO if ctx.invoked_subcommand == "watch" else logging.WARNING
+    logging.getLogger("occoord").setLevel(max(base - 10 * verbose, logging.DEBUG))
+    # httpx logs every request at INFO: only at -vv.
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
 
 
 @cli.command()
