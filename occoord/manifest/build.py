@@ -47,12 +47,14 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
         concurrency = checker.integer("concurrency", doc["concurrency"], 1) or concurrency
 
     defaults: dict[str, Any] = {}
+    if "not_before" in doc:  # the run's start, as if every task said it (unless it says otherwise)
+        defaults["not_before"] = checker.moment("not_before", doc["not_before"])
     raw_defaults = doc.get("defaults", {})
     if not isinstance(raw_defaults, dict):
         checker.add("defaults", f"must be an object, got {kind(raw_defaults)}")
     else:
         checker.keys("defaults", raw_defaults, DEFAULT_KEYS)
-        defaults = _common_fields(checker, "defaults", raw_defaults)
+        defaults = {**defaults, **_common_fields(checker, "defaults", raw_defaults)}
 
     hooks = Hooks()
     raw_hooks = doc.get("hooks", {})
@@ -143,6 +145,8 @@ def _common_fields(checker: Checker, where: str, raw: dict[str, Any]) -> dict[st
         out["base"] = checker.revision(f"{where}.base", raw["base"])
     if "keep_worktree" in raw:
         out["keep_worktree"] = checker.keep_worktree(f"{where}.keep_worktree", raw["keep_worktree"])
+    if "not_before" in raw:
+        out["not_before"] = checker.moment(f"{where}.not_before", raw["not_before"])
     return out
 
 
@@ -191,6 +195,7 @@ def _task(
         base=fields.get("base"),
         base_commit=base_commit,
         keep_worktree=fields.get("keep_worktree") or "on_failure",
+        not_before=fields.get("not_before"),
     )
     return spec, valid_id, depends
 

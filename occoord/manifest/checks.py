@@ -8,6 +8,7 @@ import os
 import shlex
 import stat
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,28 @@ class Checker:
             self.add(where, f"must be a full commit id (40 or 64 lowercase hex digits), got {show(text)}")
             return None
         return text
+
+    def moment(self, where: str, value: object) -> str | None:
+        """An ISO 8601 time with a UTC offset (``2026-12-24T18:00:00Z``), as UTC with a Z."""
+        when: datetime | None = None
+        if isinstance(value, datetime):  # YAML reads an unquoted timestamp as one
+            when = value
+        elif isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value.strip())
+            except ValueError:
+                when = None
+        if when is None or when.tzinfo is None or when.utcoffset() is None:
+            self.add(
+                where, f"must be a time with its UTC offset, like '2026-12-24T18:00:00Z', got {show(value)}"
+            )
+            return None
+        try:
+            utc = when.astimezone(UTC)
+        except (OverflowError, ValueError):
+            self.add(where, f"is out of range: {show(value)}")
+            return None
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
     def timeout(self, where: str, value: object) -> float | None:
         seconds = parse_duration(value)

@@ -86,6 +86,8 @@ class TaskSpec:
     #: plan, so the run keeps it however the rev moves
     base_commit: str | None = None
     keep_worktree: KeepWorktree = "on_failure"
+    #: not dispatched before this moment (UTC, ISO 8601 with a Z); the run's own, or the task's
+    not_before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Manifest:
                 "base": t.base,
                 "base_commit": t.base_commit,
                 "keep_worktree": t.keep_worktree if t.keep_worktree != "on_failure" else None,
+                "not_before": t.not_before,
             }
             task.update({k: v for k, v in optional.items() if v is not None})
             tasks.append(task)
@@ -142,8 +145,18 @@ class Manifest:
         return out
 
 
-TOP_KEYS = ("version", "name", "concurrency", "defaults", "hooks", "tasks")
-DEFAULT_KEYS = ("agent", "model", "directory", "timeout", "retries", "worktree", "base", "keep_worktree")
+TOP_KEYS = ("version", "name", "concurrency", "not_before", "defaults", "hooks", "tasks")
+DEFAULT_KEYS = (
+    "agent",
+    "model",
+    "directory",
+    "timeout",
+    "retries",
+    "worktree",
+    "base",
+    "keep_worktree",
+    "not_before",
+)
 TASK_KEYS = (
     "id",
     "prompt",
@@ -160,6 +173,7 @@ TASK_KEYS = (
     "base",
     "base_commit",
     "keep_worktree",
+    "not_before",
 )
 HOOK_KEYS = ("on_task_end", "on_run_end")
 

@@ -44,6 +44,14 @@ _PROMPT_FILE: dict[str, Any] = {
 }
 
 
+# The parser checks the rest (a real date and time); the schema says the shape.
+_MOMENT: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}",
+    "description": "not dispatched before this time: ISO 8601 with a UTC offset, e.g. 2026-12-24T18:00:00Z",
+}
+
+
 def manifest_schema() -> dict[str, Any]:
     common: dict[str, Any] = {
         "agent": {"type": "string", "pattern": _NOT_BLANK, "description": "OpenCode agent, e.g. 'build'"},
@@ -68,6 +76,7 @@ def manifest_schema() -> dict[str, Any]:
             "enum": list(KEEP_WORKTREE),
             "description": "when the worktree stays after the task ends (default on_failure)",
         },
+        "not_before": _MOMENT,
     }
     task: dict[str, Any] = {
         "type": "object",
@@ -105,6 +114,7 @@ def manifest_schema() -> dict[str, Any]:
             "version": {"const": 1},
             "name": {"type": "string", "pattern": _NOT_BLANK},
             "concurrency": {"type": "integer", "minimum": 1},
+            "not_before": _MOMENT,
             "defaults": {"type": "object", "additionalProperties": False, "properties": common},
             "hooks": {
                 "type": "object",

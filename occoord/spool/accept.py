@@ -189,7 +189,8 @@ def build_run(spool: Spool, run_id: str, manifest: Manifest, source_name: str) -
     tasks = RunTasks(staging, [t.id for t in manifest.tasks], durable=spool.durable)
     append_event(staging, Event(now, "run", reason=f"accepted {source_name}"), durable=False)
     for spec in manifest.tasks:
-        tasks.create(spec.id, TaskRecord(spec.id, TaskState.QUEUED, since=now, reason="accepted"))
+        first = TaskRecord(spec.id, TaskState.QUEUED, since=now, reason="accepted", not_before=spec.not_before)
+        tasks.create(spec.id, first)
         append_event(
             staging,
             Event(

@@ -187,3 +187,29 @@ def test_cost_and_tokens_of_a_task_add_up_its_attempts_and_sub_agents(engine: En
         assert summary["tasks"][0]["usage"]["cost"] == 1.75
 
     engine.play(scenario)
+
+
+def test_a_task_that_says_not_before_starts_then_and_not_earlier(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        # The fake clock's wall time starts at 2026-12-01T12:00:00Z.
+        doc = manifest(task("later"), task("now", not_before="2026-12-01T11:00:00Z"))
+        doc["not_before"] = "2026-12-01T13:30:00+01:00"  # the run's own: 12:30 UTC
+        run = await e.submit(doc)
+        assert e.record(run, "later").not_before == "2026-12-01T12:30:00.000Z"
+        assert e.state(run, "now") is TaskState.PENDING, "its own time has passed"
+        assert e.state(run, "later") is TaskState.QUEUED
+        await e.advance(29 * 60)
+        assert e.state(run, "later") is TaskState.QUEUED
+        await e.advance(60)
+        assert e.state(run, "later") is TaskState.PENDING
+
+    engine.play(scenario)
+
+
+def test_an_unquoted_yaml_time_is_a_time() -> None:
+    from occoord.manifest.load import parse_manifest
+
+    text = b"version: 1\ntasks:\n  - id: a\n    prompt: x\n    not_before: 2026-12-24T18:00:00+01:00\n"
+    spec = parse_manifest(text, fmt="yaml", check_dirs=False).tasks[0]
+    assert spec.not_before == "2026-12-24T17:00:00.000Z"
