@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
+
+from support.processes import wait_for  # noqa: F401 (the tests import it from here too)
 
 from occoord.spool.accept import accept_file
 from occoord.spool.layout import Run, Spool
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
 
 
 def make_manifest(task_ids: list[str], **extra: Any) -> bytes:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from occoord.backoff import Backoff
-from occoord.engine.attempts import Attempt, AttemptTable
-from occoord.engine.book import RunBook
-from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.attempts import Attempt
+from occoord.engine.parts import Parts
 from occoord.engine.prompting import build_prompt, session_title
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
@@ -46,23 +45,15 @@ class DispatchSettings:
 
 class Dispatcher:
     def __init__(
-        self,
-        client: OpenCodePort,
-        book: RunBook,
-        table: AttemptTable,
-        settler: Settler,
-        clock: Clock,
-        scheduler: Scheduler,
-        settings: DispatchSettings,
-        workspaces: Workspaces,
+        self, parts: Parts, settler: Settler, workspaces: Workspaces, settings: DispatchSettings
     ) -> None:
-        self.workspaces = workspaces
-        self.client = client
-        self.book = book
-        self.table = table
+        self.client = parts.client
+        self.book = parts.book
+        self.table = parts.table
+        self.clock = parts.clock
+        self.scheduler = parts.scheduler
         self.settler = settler
-        self.clock = clock
-        self.scheduler = scheduler
+        self.workspaces = workspaces
         self.settings = settings
 
     def directory_for(self, active: ActiveRun, task: str) -> str:

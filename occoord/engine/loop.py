@@ -23,6 +23,7 @@ from occoord.engine.attempts import Attempt, AttemptTable, Timeouts
 from occoord.engine.book import BookSettings, RunBook
 from occoord.engine.dispatch import Dispatcher, DispatchSettings
 from occoord.engine.intake import Intake, IntakeSettings
+from occoord.engine.parts import Parts
 from occoord.engine.ports import Clock, JobScheduler, OpenCodePort, SystemClock
 from occoord.engine.report import WatcherReport
 from occoord.engine.runs import ActiveRun
@@ -102,34 +103,21 @@ class Coordinator:
             listener=self,
         )
         self.workspaces = Workspaces(config.worktree_root, client)
-        self.settler = Settler(
-            client,
-            self.book,
-            self.table,
-            self.clock,
-            self.scheduler,
-            SettleSettings(config.signal_grace),
-            self.workspaces,
-        )
+        parts = Parts(client, self.book, self.table, self.clock, self.scheduler)
+        self.settler = Settler(parts, self.workspaces, SettleSettings(config.signal_grace))
         self.dispatcher = Dispatcher(
-            client,
-            self.book,
-            self.table,
+            parts,
             self.settler,
-            self.clock,
-            self.scheduler,
+            self.workspaces,
             DispatchSettings(
                 workdir=config.workdir,
                 task_timeout=config.task_timeout,
                 server_version=config.server_version,
                 agent_permissions=config.agent_permissions,
             ),
-            self.workspaces,
         )
-        self.stopper = Stopper(
-            client, self.book, self.table, self.settler, self.clock, self.scheduler, config.provider_retries
-        )
-        self.router = EventRouter(client, self.table, self.settler, self.stopper, self.clock, self.scheduler)
+        self.stopper = Stopper(parts, self.settler, config.provider_retries)
+        self.router = EventRouter(parts, self.settler, self.stopper)
         self.intake = Intake(
             spool,
             self.clock,

@@ -9,9 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from occoord.backoff import Backoff
-from occoord.engine.attempts import Attempt, AttemptTable, FailurePolicy, outcome_details, outcome_reason
-from occoord.engine.book import RunBook
-from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.attempts import Attempt, FailurePolicy, outcome_details, outcome_reason
+from occoord.engine.parts import Parts
 from occoord.engine.results import ResultKeeper
 from occoord.engine.workspaces import Workspaces
 from occoord.errors import ApiError, GitError, OccoordError, SpoolError
@@ -37,23 +36,14 @@ class SettleSettings:
 
 
 class Settler:
-    def __init__(
-        self,
-        client: OpenCodePort,
-        book: RunBook,
-        table: AttemptTable,
-        clock: Clock,
-        scheduler: Scheduler,
-        settings: SettleSettings,
-        workspaces: Workspaces,
-    ) -> None:
+    def __init__(self, parts: Parts, workspaces: Workspaces, settings: SettleSettings) -> None:
+        self.client = parts.client
+        self.book = parts.book
+        self.table = parts.table
+        self.clock = parts.clock
+        self.scheduler = parts.scheduler
         self.workspaces = workspaces
-        self.results = ResultKeeper(client, book)
-        self.client = client
-        self.book = book
-        self.table = table
-        self.clock = clock
-        self.scheduler = scheduler
+        self.results = ResultKeeper(parts.client, parts.book)
         self.settings = settings
         # Writes that keep failing, by task: what `occoord status` shows until they succeed.
         self.problems: dict[tuple[str, str], str] = {}

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 
 from occoord.backoff import Backoff
-from occoord.engine.attempts import Attempt, AttemptTable
-from occoord.engine.book import RunBook
-from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.attempts import Attempt
+from occoord.engine.parts import Parts
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
 from occoord.errors import OccoordError, SessionBusy
@@ -28,22 +27,13 @@ STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 class Stopper:
-    def __init__(
-        self,
-        client: OpenCodePort,
-        book: RunBook,
-        table: AttemptTable,
-        settler: Settler,
-        clock: Clock,
-        scheduler: Scheduler,
-        provider_retries: int,
-    ) -> None:
-        self.client = client
-        self.book = book
-        self.table = table
+    def __init__(self, parts: Parts, settler: Settler, provider_retries: int) -> None:
+        self.client = parts.client
+        self.book = parts.book
+        self.table = parts.table
+        self.clock = parts.clock
+        self.scheduler = parts.scheduler
         self.settler = settler
-        self.clock = clock
-        self.scheduler = scheduler
         self.provider_retries = provider_retries
 
     def check_timeouts(self, now: float) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from occoord.engine.attempts import Attempt, AttemptTable
-from occoord.engine.ports import Clock, OpenCodePort, Scheduler
+from occoord.engine.attempts import Attempt
+from occoord.engine.parts import Parts
 from occoord.engine.settle import Settler
 from occoord.engine.stopping import Stopper
 from occoord.errors import OccoordError
@@ -23,21 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class EventRouter:
-    def __init__(
-        self,
-        client: OpenCodePort,
-        table: AttemptTable,
-        settler: Settler,
-        stopper: Stopper,
-        clock: Clock,
-        scheduler: Scheduler,
-    ) -> None:
-        self.stopper = stopper
-        self.client = client
-        self.table = table
+    def __init__(self, parts: Parts, settler: Settler, stopper: Stopper) -> None:
+        self.client = parts.client
+        self.table = parts.table
+        self.clock = parts.clock
+        self.scheduler = parts.scheduler
         self.settler = settler
-        self.clock = clock
-        self.scheduler = scheduler
+        self.stopper = stopper
 
     def handle(self, event: object) -> None:
         if isinstance(event, ev.StreamReconnected):
