@@ -139,6 +139,15 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
 
 def coordinator_options(func: F) -> F:
     func = click.option(
+        "--limit",
+        "limits",
+        multiple=True,
+        envvar="OCCOORD_LIMITS",
+        metavar="PATTERN=N",
+        help="At most N busy sessions at once, over all runs, whose 'provider/model' matches PATTERN "
+        "(* ? [...]); may be given several times (env OCCOORD_LIMITS: comma- or space-separated).",
+    )(func)
+    func = click.option(
         "--simulate",
         is_flag=True,
         envvar="OCCOORD_SIMULATE",
@@ -154,6 +163,20 @@ def coordinator_options(func: F) -> F:
             help=f"{text} (env {env})",
         )(func)
     return func
+
+
+def parse_limits(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``--limit anthropic/*=4`` (and OCCOORD_LIMITS="a/*=4,b=2") as (pattern, count) pairs."""
+    out: list[tuple[str, int]] = []
+    for value in values:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            pattern, eq, count = item.rpartition("=")
+            if not eq or not pattern.strip() or not count.strip().isdigit() or int(count) < 1:
+                raise ConfigError(
+                    "--limit", f"{item!r}: use PATTERN=N with N at least 1, e.g. 'anthropic/*=4'"
+                )
+            out.append((pattern.strip(), int(count)))
+    return tuple(out)
 
 
 def build_config(
@@ -173,6 +196,7 @@ def build_config(
         signal_grace=opts["signal_grace"],
         provider_retries=opts["provider_retries"],
         worktree_root=opts["worktree_root"].resolve() if opts["worktree_root"] else None,
+        limits=parse_limits(opts.get("limits") or ()),
     )
     check_config(config)
     if config.worktree_root is not None and config.worktree_root.is_relative_to(spool.root):

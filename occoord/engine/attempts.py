@@ -37,6 +37,7 @@ class Attempt:
     dispatched_at: float  # monotonic
     last_activity: float  # monotonic
     wall_limit: float  # seconds from dispatch
+    model: str = ""  # provider/model, for the limits ("" is the server's default)
     session_id: str | None = None
     began: bool = False  # the turn visibly started (busy, or an assistant message)
     settling: bool = False  # an outcome is being decided: ignore further events and timeouts

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt
+from occoord.engine.limits import model_of
 from occoord.engine.parts import Parts
 from occoord.engine.prompting import build_prompt, session_title
 from occoord.engine.runs import ActiveRun
@@ -71,6 +72,7 @@ class Dispatcher:
             dispatched_at=now,
             last_activity=now,
             wall_limit=spec.timeout or self.settings.task_timeout,
+            model=model_of(spec),
         )
 
     def dispatch(self, active: ActiveRun, record: TaskRecord) -> bool:

@@ -23,6 +23,7 @@ from occoord.engine.attempts import Attempt, AttemptTable, Timeouts
 from occoord.engine.book import BookSettings, RunBook
 from occoord.engine.dispatch import Dispatcher, DispatchSettings
 from occoord.engine.intake import Intake, IntakeSettings
+from occoord.engine.limits import Limits
 from occoord.engine.parts import Parts
 from occoord.engine.ports import Clock, JobScheduler, OpenCodePort, SystemClock
 from occoord.engine.report import WatcherReport
@@ -70,6 +71,7 @@ class CoordinatorConfig:
     signal_grace: float = 30.0  # a session still busy this long after its task was signalled is aborted
     provider_retries: int = 5  # provider retries in one turn before the turn is stopped (retryable)
     worktree_root: Path | None = None  # where worktree tasks' worktrees go (None: under XDG_DATA_HOME)
+    limits: tuple[tuple[str, int], ...] = ()  # --limit PATTERN=N: busy sessions per model, all runs
     server_version: str = ""
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
@@ -117,6 +119,8 @@ class Coordinator:
             ),
         )
         self.stopper = Stopper(parts, self.settler, config.provider_retries)
+        self.limits = Limits(self.table, config.limits)
+        self.limited: dict[tuple[str, str], str] = {}  # queued tasks a limit holds, and which
         self.router = EventRouter(parts, self.settler, self.stopper)
         self.intake = Intake(
             spool,
@@ -293,7 +297,8 @@ class Coordinator:
             self.scheduler.run_due(now)
             self.stopper.check_timeouts(now)
             self.schedule()
-            self.report.update(self.problems())
+            waiting = {f"{run}/{task}": f"waiting: {why}" for (run, task), why in self.limited.items()}
+            self.report.update(self.problems(), waiting)
         except (OccoordError, OSError) as exc:
             # The next deadline brings us back; nothing a file holds may stop the loop.
             log.error("coordinator tick: %s", exc)
@@ -309,6 +314,8 @@ class Coordinator:
             return
         now = self.clock.monotonic()
         self._waiting = {key: when for key, when in self._waiting.items() if when > now}
+        runs = self.book.runs
+        self.limited = {k: v for k, v in self.limited.items() if k[0] in runs and k[1] in runs[k[0]].ready}
         for active in list(self.book.runs.values()):
             try:
                 free -= self._dispatch_ready(active, free, now)
@@ -334,6 +341,11 @@ class Coordinator:
                 continue
             if active.specs[task].worktree and not Workspaces.dependencies_ready(active, task):
                 continue  # a dependency's result commit is still being recorded; that wakes us
+            why = self.limits.holding(active, active.specs[task])
+            if why is not None:
+                self.limited[key] = why  # an attempt that ends frees a place; the next tick looks again
+                continue
+            self.limited.pop(key, None)
             wait_until = self.book.not_before(record)
             if wait_until is not None:
                 self._waiting[key] = wait_until

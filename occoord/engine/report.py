@@ -33,10 +33,13 @@ class WatcherReport:
         self.started_at = iso(clock.wall())
         self._shown: dict[str, str] | None = None
         self._since: dict[str, str] = {}
+        self._waiting: dict[str, str] = {}
 
-    def update(self, problems: Mapping[str, str]) -> None:
+    def update(self, problems: Mapping[str, str], waiting: Mapping[str, str] | None = None) -> None:
+        """``waiting``: queued tasks held by a limit (RUN/TASK -> "waiting: anthropic/* 4/4")."""
         current = dict(problems)
-        if current == self._shown:
+        held = dict(waiting or {})
+        if current == self._shown and held == self._waiting:
             return
         now = iso(self.clock.wall())
         self._since = {key: self._since.get(key, now) for key in current}
@@ -48,6 +51,7 @@ class WatcherReport:
             "server_url": self.server_url,
             "updated_at": now,
             "problems": [{"what": current[k], "since": self._since[k]} for k in sorted(current)],
+            "waiting": held,
         }
         try:
             atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), durable=False)
@@ -55,3 +59,4 @@ class WatcherReport:
             log.warning("cannot write %s: %s", self.path, exc)
             return
         self._shown = current
+        self._waiting = held

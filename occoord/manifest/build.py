@@ -115,7 +115,10 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
         checker.add(f"tasks[{seen[cycle[0]]}].depends_on", "dependency cycle: " + " -> ".join(cycle))
     if checker.problems:
         return None
-    return Manifest(name=name, tasks=tuple(tasks), version=1, concurrency=concurrency, hooks=hooks)
+    limits = checker.limits("limits", doc["limits"]) if "limits" in doc else ()
+    return Manifest(
+        name=name, tasks=tuple(tasks), version=1, concurrency=concurrency, hooks=hooks, limits=limits
+    )
 
 
 def _default_name(stem: str) -> str:

@@ -148,6 +148,21 @@ class Checker:
             return None
         return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
+    def limits(self, where: str, value: object) -> tuple[tuple[str, int], ...]:
+        """``{"provider/model pattern": N}``: a shell-style pattern (``*``, ``?``, ``[...]``) over
+        ``provider/model``, and how many sessions of it may be busy at once (at least 1)."""
+        if not isinstance(value, dict):
+            self.add(where, f"must be an object of 'provider/model pattern': count, got {kind(value)}")
+            return ()
+        out: list[tuple[str, int]] = []
+        for pattern, count in value.items():
+            at = join(where, str(pattern))
+            text = self.string(at, pattern, empty_ok=False)
+            number = self.integer(at, count, 1)
+            if text is not None and number is not None:
+                out.append((text.strip(), number))
+        return tuple(out)
+
     def timeout(self, where: str, value: object) -> float | None:
         seconds = parse_duration(value)
         if seconds is None:

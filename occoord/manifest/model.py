@@ -97,6 +97,8 @@ class Manifest:
     version: int = 1
     concurrency: int = 4
     hooks: Hooks = field(default_factory=Hooks)
+    #: at most N of this run's sessions at once per model pattern ("anthropic/*", "openai/gpt-5")
+    limits: tuple[tuple[str, int], ...] = ()
 
     def task(self, task_id: str) -> TaskSpec:
         for spec in self.tasks:
@@ -142,10 +144,12 @@ class Manifest:
         }
         if hooks:
             out["hooks"] = hooks
+        if self.limits:
+            out["limits"] = dict(self.limits)
         return out
 
 
-TOP_KEYS = ("version", "name", "concurrency", "not_before", "defaults", "hooks", "tasks")
+TOP_KEYS = ("version", "name", "concurrency", "not_before", "limits", "defaults", "hooks", "tasks")
 DEFAULT_KEYS = (
     "agent",
     "model",

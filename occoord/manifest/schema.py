@@ -115,6 +115,12 @@ def manifest_schema() -> dict[str, Any]:
             "name": {"type": "string", "pattern": _NOT_BLANK},
             "concurrency": {"type": "integer", "minimum": 1},
             "not_before": _MOMENT,
+            "limits": {
+                "type": "object",
+                "description": "busy sessions of this run at once per 'provider/model' pattern (* ? [...])",
+                "propertyNames": {"pattern": _NOT_BLANK},
+                "additionalProperties": {"type": "integer", "minimum": 1},
+            },
             "defaults": {"type": "object", "additionalProperties": False, "properties": common},
             "hooks": {
                 "type": "object",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from harness import Engine, manifest, task
 
 from occoord.errors import ServerUnavailable
@@ -213,3 +215,32 @@ def test_an_unquoted_yaml_time_is_a_time() -> None:
     text = b"version: 1\ntasks:\n  - id: a\n    prompt: x\n    not_before: 2026-12-24T18:00:00+01:00\n"
     spec = parse_manifest(text, fmt="yaml", check_dirs=False).tasks[0]
     assert spec.not_before == "2026-12-24T17:00:00.000Z"
+
+
+def test_model_limits_per_run_and_across_runs_are_never_exceeded(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine: Engine = make_engine(max_sessions=20, limits=(("anthropic/*", 3),))
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        one = manifest(
+            *[task(f"a{i}", model="anthropic/claude") for i in range(6)],
+            *[task(f"o{i}", model="openai/gpt-5") for i in range(4)],
+            limits={"openai/gpt-5": 1},
+            concurrency=20,
+        )
+        run = await e.submit(one, "one.json")
+        other = await e.submit(manifest(task("b", model="anthropic/haiku"), concurrency=5), "two.json")
+        for _ in range(12):
+            busy = [a for a in e.co.table if a.model.startswith("anthropic/")]
+            assert len(busy) <= 3, "the watcher's limit holds across runs"
+            assert sum(1 for a in e.co.table if a.model == "openai/gpt-5") <= 1, "the run's own limit"
+            waiting = json.loads((e.spool.root / "watcher.json").read_text())["waiting"]
+            if len(busy) == 3 and e.state(other, "b") is TaskState.QUEUED:
+                assert waiting[f"{other}/b"] == "waiting: anthropic/* 3/3"
+            running = [a for a in e.co.table if a.session_id]
+            if not running:
+                break
+            await e.events(e.client.end_turn(running[0].session_id or ""))
+        assert e.summary(run) is not None and e.summary(other) is not None
+
+    engine.play(scenario)
