@@ -27,7 +27,7 @@ from occoord.spool.status import (
     task_rows,
     watcher_report,
 )
-from occoord.spool.summary import usage_text
+from occoord.spool.summary import diff_text, usage_text
 
 __all__ = ["hold", "print_status", "resume", "status"]
 
@@ -103,6 +103,9 @@ def print_status(spool: Spool, run_id: str | None, as_json: bool) -> None:
     width = max(len(r["task"]) for r in rows)
     for r in rows:
         click.echo(f"  {r['task']:{width}}  {r['state'] or '?':8}  attempt {r['attempt']}{_task_extra(r)}")
+        if r["state"] in ("done", "failed") and r.get("worktree"):
+            # Where its work is, to look at or finish by hand; `occoord clean` removes it.
+            click.echo(f"  {'':{width}}  worktree kept: {r['worktree']} (branch {r.get('branch', '?')})")
     if held is not None and not summary["finished"]:
         click.echo(_hold_line(held))
 
@@ -113,6 +116,11 @@ def _task_extra(row: dict[str, Any]) -> str:
         extra += f"  {format_elapsed(row['elapsed_s'])}"
     if row["usage"]:
         extra += f"  {usage_text(row['usage'])}"
+    if diff := diff_text(row):
+        extra += f"  {diff}"
+    if row.get("result_commit"):
+        on = f" on {row['branch']}" if row.get("branch") else ""
+        extra += f"  {row['result_commit'][:12]}{on}"
     if row["state"] == "queued" and row["not_before"]:
         extra += f"  not before {row['not_before']}"
     if row["reason"]:

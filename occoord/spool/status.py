@@ -21,7 +21,7 @@ from occoord.fsutil import atomic_write, fsync_dir
 from occoord.spool.layout import Run, Spool
 from occoord.spool.names import parse_run_id
 from occoord.spool.states import TaskState
-from occoord.spool.summary import record_usage, sum_usage
+from occoord.spool.summary import record_usage, sum_usage, worktree_result
 
 __all__ = [
     "HOLD_FILE",
@@ -31,6 +31,7 @@ __all__ = [
     "last_line",
     "recent_rejections",
     "resolve_run",
+    "result_of",
     "run_summary",
     "run_usage",
     "set_hold",
@@ -65,7 +66,8 @@ def run_summary(run: Run) -> dict[str, Any]:
 
 def task_rows(run: Run, *, now: float | None = None) -> list[dict[str, Any]]:
     """One row per task. ``elapsed_s``: how long the current attempt has run (pending), or ran
-    (done, failed); None before a first dispatch. ``usage`` as the record holds it, or None."""
+    (done, failed); None before a first dispatch. ``usage`` as the record holds it, or None. A
+    worktree task's row also has what :func:`result_of` finds."""
     wall = time.time() if now is None else now
     rows = []
     for task_id, record in run.records().items():
@@ -91,9 +93,27 @@ def task_rows(run: Run, *, now: float | None = None) -> list[dict[str, Any]]:
                 "directory": details.get("directory"),
                 "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
                 "usage": record_usage(details),
+                **result_of(record.state if record else None, details),
             }
         )
     return rows
+
+
+_RESULT_KEYS = ("result_commit", "files_changed", "insertions", "deletions")
+
+
+def result_of(state: TaskState | None, details: Mapping[str, Any]) -> dict[str, Any]:
+    """The worktree facts of a record (see :func:`occoord.spool.summary.worktree_result`), as they
+    stand now. A pending task's result commit and stats are an earlier attempt's (a new attempt
+    starts with its predecessor's details): left out, it has none yet. A worktree that is no
+    longer on disk (``occoord clean`` removed it, and writes no record) is left out too."""
+    found = worktree_result(details)
+    if state is TaskState.PENDING:
+        for key in _RESULT_KEYS:
+            found.pop(key, None)
+    if "worktree" in found and not os.path.isdir(found["worktree"]):
+        del found["worktree"]
+    return found
 
 
 def run_usage(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -4,6 +4,10 @@ A task whose record has ``details["usage"]`` (cost and tokens, in the shape of
 ``occoord.opencode.usage.Usage.to_json``) shows it, and the run shows the totals. The spool reads
 that shape on its own, without the opencode package: both layers are independent, and a record is a
 file anyone may have written, so every number is checked here.
+
+A worktree task's record also holds its result (issue 12): the result commit, its branch and the
+diff stats from the task's start commit. :func:`worktree_result` picks those out, checked the same
+way, and the summaries show them; a plain task's entries keep exactly their former shape.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any
 from occoord.fsutil import atomic_write
 from occoord.spool.layout import Run
 
-__all__ = ["record_usage", "sum_usage", "usage_text", "write_summary"]
+__all__ = ["diff_text", "record_usage", "sum_usage", "usage_text", "worktree_result", "write_summary"]
 
 _TOKEN_KEYS = ("input", "output", "reasoning")
 _CACHE_KEYS = ("read", "write")
+_STAT_KEYS = ("files_changed", "insertions", "deletions")
+_NAME_KEYS = ("result_commit", "branch")
 
 
 def _seconds(start: str, end: str) -> float | None:
@@ -76,6 +82,34 @@ def sum_usage(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def worktree_result(details: Mapping[str, Any]) -> dict[str, Any]:
+    """A worktree task's result as its record holds it: ``result_commit`` and ``branch`` (non-empty
+    strings), ``files_changed``, ``insertions`` and ``deletions`` (counts), and ``worktree`` while
+    occoord has not removed it (a failed task's, by default). Only what is present and well formed:
+    {} for a plain task."""
+    out: dict[str, Any] = {}
+    for key in _NAME_KEYS:
+        value = details.get(key)
+        if isinstance(value, str) and value:
+            out[key] = value
+    for key in _STAT_KEYS:
+        value = details.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    worktree = details.get("worktree")
+    if isinstance(worktree, str) and worktree and details.get("worktree_removed") is not True:
+        out["worktree"] = worktree
+    return out
+
+
+def diff_text(result: Mapping[str, Any]) -> str:
+    """``+12 -3 in 2 files`` from :func:`worktree_result`'s stats; "" without them."""
+    if not all(key in result for key in _STAT_KEYS):
+        return ""
+    files = result["files_changed"]
+    return f"+{result['insertions']} -{result['deletions']} in {files} file{'' if files == 1 else 's'}"
+
+
 def _count(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1_000_000:.1f}M"
@@ -117,6 +151,7 @@ def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
                 "reason": record.reason if record else "no state file",
                 "server_version": details.get("server_version"),
                 "usage": record_usage(details),
+                **worktree_result(details),
             }
         )
     ok = all(t["state"] == "done" for t in tasks)
@@ -149,9 +184,12 @@ def _markdown(run: Run, summary: dict[str, Any]) -> str:
     if total is not None:
         lines += [f"Cost and tokens: {usage_text(total, detailed=True)}", ""]
     usage_head, usage_rule = (" tokens | cost |", "---|---|") if total is not None else ("", "")
+    # A run without worktree tasks keeps its former table: the column comes with the first result.
+    changes = any("result_commit" in t or "files_changed" in t for t in tasks)
+    change_head, change_rule = (" changes | commit |", "---|---|") if changes else ("", "")
     lines += [
-        f"| task | state | attempts | duration (s) | session |{usage_head} reason |",
-        f"|---|---|---|---|---|{usage_rule}---|",
+        f"| task | state | attempts | duration (s) | session |{usage_head}{change_head} reason |",
+        f"|---|---|---|---|---|{usage_rule}{change_rule}---|",
     ]
     for t in tasks:
         reason = str(t["reason"] or "").replace("|", "\\|").replace("\n", " ")
@@ -159,8 +197,20 @@ def _markdown(run: Run, summary: dict[str, Any]) -> str:
         if total is not None:
             u = t["usage"]
             used = f" {u['tokens']['total']} | {u['cost']:.4f} |" if u else " | |"
+        changed = f" {diff_text(t)} | {_cell(t.get('result_commit', '')[:12])} |" if changes else ""
         lines.append(
             f"| {t['task']} | {t['state']} | {t['attempts']} | {t['duration_s'] or ''} "
-            f"| {t['session_id'] or ''} |{used} {reason} |"
+            f"| {t['session_id'] or ''} |{used}{changed} {reason} |"
         )
+    kept = [t for t in tasks if "worktree" in t]
+    if kept:
+        lines += ["", "Worktrees kept (`occoord clean` removes them):", ""]
+        for t in kept:
+            branch = f" (branch `{_cell(t['branch'])}`)" if "branch" in t else ""
+            lines.append(f"- {t['task']}: `{_cell(t['worktree'])}`{branch}")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """``text`` made safe for one table cell or list line: a record is anyone's file."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("`", "'")

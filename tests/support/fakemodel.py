@@ -13,8 +13,11 @@ Directives (read from the LAST user message's text; one per line):
 ``[model: signal done]``    call bash with the prompt's ``success:`` line (``failed`` → ``failure:``)
 ``[model: mv done]``        call bash with the prompt's ``success: mv ...`` line (the plain rename)
 
-A request whose last message is a tool result is answered with ``finished``. A request without tools
-is OpenCode's title generator and gets a short title. Unknown directives give a plain text answer.
+Several tool directives (``bash``, ``signal``, ``mv``) in one prompt are steps, called in order: the
+first with the turn's first request, each next one when the previous one's result comes back, so
+an agent can edit a file and then signal. A request whose last message is a tool result, with no
+step left, is answered with ``finished``. A request without tools is OpenCode's title generator and
+gets a short title. Unknown directives give a plain text answer.
 
 A slow streamed answer watches its connection while it waits: a client that hangs up (OpenCode
 aborting the turn) ends it at once, and the request is listed in :meth:`FakeModel.cut_requests`.
@@ -90,15 +93,24 @@ def plan_for(body: dict[str, Any]) -> Plan:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     if not body.get("tools"):
         return Plan(text=TITLE)
+    asked = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    prompt = _text_of(messages[asked]) if asked >= 0 else ""
+    plan, steps = _directives(prompt)
     if messages and messages[-1].get("role") == "tool":
-        return Plan(text=AFTER_TOOL_REPLY)
-    users = [m for m in messages if m.get("role") == "user"]
-    prompt = _text_of(users[-1]) if users else ""
+        # The turn goes on after a tool's result: the next step, or the final answer.
+        done = sum(1 for m in messages[asked + 1 :] if m.get("role") == "tool")
+        return Plan(bash=steps[done]) if done < len(steps) else Plan(text=AFTER_TOOL_REPLY)
+    return replace(plan, bash=steps[0]) if steps else plan
+
+
+def _directives(prompt: str) -> tuple[Plan, list[str]]:
+    """The plan of a turn's first request (without its tool call) and the tool calls, in order."""
     plan = Plan()
+    steps: list[str] = []
     for line in prompt.splitlines():
         bash = _BASH.search(line)
         if bash:
-            plan = replace(plan, bash=bash.group(1).strip())
+            steps.append(bash.group(1).strip())
             continue
         for name, arg in _DIRECTIVE.findall(line):
             arg = arg.strip()
@@ -115,8 +127,8 @@ def plan_for(body: dict[str, Any]) -> Plan:
                     what = f"'{label}{' mv' if name == 'mv' else ''}'"
                     plan = replace(plan, text=f"cannot {name} {arg}: the prompt has no {what} line")
                 else:
-                    plan = replace(plan, bash=command)
-    return plan
+                    steps.append(command)
+    return plan, steps
 
 
 class _Handler(BaseHTTPRequestHandler):
