@@ -38,6 +38,7 @@ class Attempt:
     last_activity: float  # monotonic
     wall_limit: float  # seconds from dispatch
     model: str = ""  # provider/model, for the limits ("" is the server's default)
+    server: str = "default"  # the pool member it runs on (engine.pool); every call goes there
     session_id: str | None = None
     began: bool = False  # the turn visibly started (busy, or an assistant message)
     settling: bool = False  # an outcome is being decided: ignore further events and timeouts
@@ -79,6 +80,7 @@ class AttemptTable:
         self._by_key: dict[tuple[str, str], Attempt] = {}
         self._by_session: dict[str, Attempt] = {}
         self._per_run: dict[str, int] = {}
+        self._per_server: dict[str, int] = {}
         # Sessions of tasks decided from outside while their turn may still run: id -> attempt.
         self.winding: dict[str, Attempt] = {}
 
@@ -94,6 +96,7 @@ class AttemptTable:
             self.drop(old)
         if old is not attempt:
             self._per_run[attempt.run_id] = self._per_run.get(attempt.run_id, 0) + 1
+            self._per_server[attempt.server] = self._per_server.get(attempt.server, 0) + 1
         self._by_key[attempt.key] = attempt
         if attempt.session_id:
             self._by_session[attempt.session_id] = attempt
@@ -107,11 +110,12 @@ class AttemptTable:
     def drop(self, attempt: Attempt) -> None:
         if self._by_key.get(attempt.key) is attempt:
             del self._by_key[attempt.key]
-            left = self._per_run.get(attempt.run_id, 1) - 1
-            if left > 0:
-                self._per_run[attempt.run_id] = left
-            else:
-                self._per_run.pop(attempt.run_id, None)
+            for counts, key in ((self._per_run, attempt.run_id), (self._per_server, attempt.server)):
+                left = counts.get(key, 1) - 1
+                if left > 0:
+                    counts[key] = left
+                else:
+                    counts.pop(key, None)
         if attempt.session_id and self._by_session.get(attempt.session_id) is attempt:
             del self._by_session[attempt.session_id]
 
@@ -127,6 +131,9 @@ class AttemptTable:
 
     def running_in(self, run_id: str) -> int:
         return self._per_run.get(run_id, 0)
+
+    def running_on(self, server: str) -> int:
+        return self._per_server.get(server, 0)
 
     # -- deadlines -------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class Dispatcher:
     def __init__(
         self, parts: Parts, settler: Settler, workspaces: Workspaces, settings: DispatchSettings
     ) -> None:
-        self.client = parts.client
+        self.pool = parts.pool
         self.book = parts.book
         self.table = parts.table
         self.clock = parts.clock
@@ -57,10 +57,14 @@ class Dispatcher:
         self.workspaces = workspaces
         self.settings = settings
 
+    def _version(self, server: str) -> str:
+        member = self.pool.get(server)
+        return (member.version if member is not None else "") or self.settings.server_version
+
     def directory_for(self, active: ActiveRun, task: str) -> str:
         return active.specs[task].directory or str(self.settings.workdir)
 
-    def _new_attempt(self, active: ActiveRun, task: str, number: int, title: str) -> Attempt:
+    def _new_attempt(self, active: ActiveRun, task: str, number: int, title: str, server: str) -> Attempt:
         spec = active.specs[task]
         now = self.clock.monotonic()
         return Attempt(
@@ -73,10 +77,12 @@ class Dispatcher:
             last_activity=now,
             wall_limit=spec.timeout or self.settings.task_timeout,
             model=model_of(spec),
+            server=server,
         )
 
-    def dispatch(self, active: ActiveRun, record: TaskRecord) -> bool:
-        """queued -> pending (the compare-and-swap), then start the session in the background."""
+    def dispatch(self, active: ActiveRun, record: TaskRecord, server: str) -> bool:
+        """queued -> pending (the compare-and-swap) on ``server``, then start the session in the
+        background."""
         task = record.task
         number = record.attempt + 1
         title = session_title(active.id, task, number)
@@ -84,7 +90,8 @@ class Dispatcher:
             **record.details,
             "title": title,
             "dispatched_at": iso(self.clock.wall()),
-            "server_version": self.settings.server_version,
+            "server_version": self._version(server),
+            "server": server,
         }
         moved = self.book.move(
             active,
@@ -99,15 +106,20 @@ class Dispatcher:
         )
         if moved is None:
             return False
-        attempt = self._new_attempt(active, task, number, title)
+        attempt = self._new_attempt(active, task, number, title, server)
         self.table.add(attempt)
+        member = self.pool.get(server)
+        if member is not None:
+            member.sessions += 1
         self.scheduler.spawn(self.start(active, attempt, find_existing=False))
         return True
 
     def adopt(self, active: ActiveRun, record: TaskRecord) -> Attempt:
         """Register a pending task found at start-up as a running attempt (it holds a slot)."""
         title = str(record.details.get("title") or session_title(active.id, record.task, record.attempt))
-        attempt = self._new_attempt(active, record.task, record.attempt, title)
+        # Re-attached where it ran: a record from before pools names no server, the first is it.
+        server = str(record.details.get("server") or self.pool.default)
+        attempt = self._new_attempt(active, record.task, record.attempt, title, server)
         attempt.session_id = record.session_id
         self.table.add(attempt)
         return attempt
@@ -122,20 +134,21 @@ class Dispatcher:
         """
         spec = active.specs[attempt.task]
         try:
+            client = self.pool.client(attempt.server)
             if spec.worktree and not attempt.prepared:
                 await self._prepare(active, attempt)
             session_id = attempt.session_id
             if session_id is None and (find_existing or tries > 0):
-                found = await self.client.find_sessions(attempt.directory, attempt.title)
+                found = await client.find_sessions(attempt.directory, attempt.title)
                 session_id = found[0].id if found else None
             prompted = False
             if session_id is None:
-                session = await self.client.create_session(
+                session = await client.create_session(
                     attempt.directory, attempt.title, permission=self.permissions()
                 )
                 session_id = session.id
             else:
-                messages = await self.client.messages(session_id, attempt.directory)
+                messages = await client.messages(session_id, attempt.directory)
                 prompted = any(m.role == "user" for m in messages)
             if not self.table.current(attempt) or attempt.settling:
                 return  # decided meanwhile (signalled, cancelled, timed out)
@@ -146,10 +159,8 @@ class Dispatcher:
                     spec, spool_root=self.book.spool.root, run_id=active.id, tasks_dir=active.run.tasks.dir
                 )
                 model = ClientModel(spec.model.provider, spec.model.model) if spec.model else None
-                await self.client.prompt_async(
-                    session_id, attempt.directory, text, agent=spec.agent, model=model
-                )
-            elif session_id not in await self.client.session_status(attempt.directory):
+                await client.prompt_async(session_id, attempt.directory, text, agent=spec.agent, model=model)
+            elif session_id not in await client.session_status(attempt.directory):
                 await self.settler.finish(attempt)
                 return
             else:
@@ -259,7 +270,8 @@ class Dispatcher:
             await self.start(active, attempt, find_existing=True)
             return
         try:
-            session = await self.client.get_session(record.session_id, attempt.directory)
+            client = self.pool.client(attempt.server)
+            session = await client.get_session(record.session_id, attempt.directory)
         except OccoordError as exc:
             if isinstance(exc, ApiError) and exc.not_found:
                 session = None

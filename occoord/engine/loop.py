@@ -25,6 +25,7 @@ from occoord.engine.dispatch import Dispatcher, DispatchSettings
 from occoord.engine.intake import Intake, IntakeSettings
 from occoord.engine.limits import Limits
 from occoord.engine.parts import Parts
+from occoord.engine.pool import ServerPool
 from occoord.engine.ports import Clock, JobScheduler, OpenCodePort, SystemClock
 from occoord.engine.report import WatcherReport
 from occoord.engine.runs import ActiveRun
@@ -82,7 +83,7 @@ class Coordinator:
     def __init__(
         self,
         spool: Spool,
-        client: OpenCodePort,
+        client: OpenCodePort | ServerPool,
         config: CoordinatorConfig,
         *,
         clock: Clock | None = None,
@@ -104,8 +105,9 @@ class Coordinator:
             BookSettings(Backoff(config.retry_base, config.retry_cap), config.hook_timeout),
             listener=self,
         )
-        self.workspaces = Workspaces(config.worktree_root, client)
-        parts = Parts(client, self.book, self.table, self.clock, self.scheduler)
+        self.pool = client if isinstance(client, ServerPool) else ServerPool.single(client)
+        self.workspaces = Workspaces(config.worktree_root)
+        parts = Parts(self.pool, self.book, self.table, self.clock, self.scheduler)
         self.settler = Settler(parts, self.workspaces, SettleSettings(config.signal_grace))
         self.dispatcher = Dispatcher(
             parts,
@@ -128,12 +130,12 @@ class Coordinator:
             IntakeSettings(config.settle_seconds, config.open_writer_seconds),
             accepted=lambda run_id, plan: self._accepted(run_id, plan),
         )
-        url = getattr(client, "url", "")
+        first = self.pool.get(self.pool.default)
         self.report = WatcherReport(
             spool.root,
             self.clock,
             server_version=config.server_version,
-            server_url=url if isinstance(url, str) else "",
+            server_url=first.url if first is not None else "",
         )
         self._next_rescan = 0.0
         self._waiting: dict[tuple[str, str], float] = {}  # queued tasks held by not_before
@@ -297,8 +299,11 @@ class Coordinator:
             self.scheduler.run_due(now)
             self.stopper.check_timeouts(now)
             self.schedule()
-            waiting = {f"{run}/{task}": f"waiting: {why}" for (run, task), why in self.limited.items()}
-            self.report.update(self.problems(), waiting)
+            waiting = {
+                f"{run}/{task}": why if why.startswith("waiting:") else f"waiting: {why}"
+                for (run, task), why in self.limited.items()
+            }
+            self.report.update(self.problems(), waiting, self.pool.describe())
         except (OccoordError, OSError) as exc:
             # The next deadline brings us back; nothing a file holds may stop the loop.
             log.error("coordinator tick: %s", exc)
@@ -350,7 +355,13 @@ class Coordinator:
             if wait_until is not None:
                 self._waiting[key] = wait_until
                 continue
-            if self.dispatcher.dispatch(active, record):
+            member = self.pool.place(active.specs[task].server, self.table.running_on)
+            if member is None:
+                self.limited[key] = "waiting: no server with room" + (
+                    f" labelled {active.specs[task].server}" if active.specs[task].server else ""
+                )
+                continue
+            if self.dispatcher.dispatch(active, record, member.name):
                 started += 1
         return started
 

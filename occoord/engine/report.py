@@ -34,12 +34,20 @@ class WatcherReport:
         self._shown: dict[str, str] | None = None
         self._since: dict[str, str] = {}
         self._waiting: dict[str, str] = {}
+        self._servers: list[dict[str, object]] = []
 
-    def update(self, problems: Mapping[str, str], waiting: Mapping[str, str] | None = None) -> None:
-        """``waiting``: queued tasks held by a limit (RUN/TASK -> "waiting: anthropic/* 4/4")."""
+    def update(
+        self,
+        problems: Mapping[str, str],
+        waiting: Mapping[str, str] | None = None,
+        servers: list[dict[str, object]] | None = None,
+    ) -> None:
+        """``waiting``: queued tasks held by a limit (RUN/TASK -> "waiting: anthropic/* 4/4");
+        ``servers``: the pool (engine.pool.ServerPool.describe)."""
         current = dict(problems)
         held = dict(waiting or {})
-        if current == self._shown and held == self._waiting:
+        pool = list(servers or [])
+        if current == self._shown and held == self._waiting and pool == self._servers:
             return
         now = iso(self.clock.wall())
         self._since = {key: self._since.get(key, now) for key in current}
@@ -52,6 +60,7 @@ class WatcherReport:
             "updated_at": now,
             "problems": [{"what": current[k], "since": self._since[k]} for k in sorted(current)],
             "waiting": held,
+            "servers": pool,
         }
         try:
             atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), durable=False)
@@ -60,3 +69,4 @@ class WatcherReport:
             return
         self._shown = current
         self._waiting = held
+        self._servers = pool

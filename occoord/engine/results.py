@@ -12,7 +12,7 @@ import logging
 
 from occoord.engine.attempts import Attempt
 from occoord.engine.book import RunBook
-from occoord.engine.ports import OpenCodePort
+from occoord.engine.pool import ServerPool
 from occoord.errors import OccoordError
 from occoord.fsutil import atomic_write
 from occoord.opencode.outcome import TurnOutcome, classify
@@ -28,8 +28,8 @@ LOG_MESSAGES = 20
 
 
 class ResultKeeper:
-    def __init__(self, client: OpenCodePort, book: RunBook) -> None:
-        self.client = client
+    def __init__(self, pool: ServerPool, book: RunBook) -> None:
+        self.pool = pool
         self.book = book
 
     def write_result(self, attempt: Attempt, outcome: TurnOutcome) -> None:
@@ -64,7 +64,7 @@ class ResultKeeper:
             return
         try:
             entries = await fetch_transcript(
-                self.client, attempt.session_id, attempt.directory, last=LOG_MESSAGES
+                self.pool.client(attempt.server), attempt.session_id, attempt.directory, last=LOG_MESSAGES
             )
             text = "\n".join(entry.render() for entry in entries).strip()
             if text:
@@ -78,7 +78,7 @@ class ResultKeeper:
         if attempt.session_id is None:
             return None
         try:
-            return await usage_of(self.client, attempt.session_id, attempt.directory)
+            return await usage_of(self.pool.client(attempt.server), attempt.session_id, attempt.directory)
         except OccoordError as exc:
             log.info("%s: no usage figures: %s", attempt.label, exc)
             return None
@@ -104,7 +104,7 @@ class ResultKeeper:
         if attempt.session_id is None:
             return
         try:
-            messages = await self.client.messages(attempt.session_id, attempt.directory)
+            messages = await self.pool.client(attempt.server).messages(attempt.session_id, attempt.directory)
         except OccoordError:
             return
         self.write_result(attempt, classify(list(messages)))

@@ -37,13 +37,13 @@ class SettleSettings:
 
 class Settler:
     def __init__(self, parts: Parts, workspaces: Workspaces, settings: SettleSettings) -> None:
-        self.client = parts.client
+        self.pool = parts.pool
         self.book = parts.book
         self.table = parts.table
         self.clock = parts.clock
         self.scheduler = parts.scheduler
         self.workspaces = workspaces
-        self.results = ResultKeeper(parts.client, parts.book)
+        self.results = ResultKeeper(parts.pool, parts.book)
         self.settings = settings
         # Writes that keep failing, by task: what `occoord status` shows until they succeed.
         self.problems: dict[tuple[str, str], str] = {}
@@ -59,7 +59,7 @@ class Settler:
         attempt.settling = True
         attempt.rereading = False
         try:
-            messages = await self.client.messages(attempt.session_id, attempt.directory)
+            messages = await self.pool.client(attempt.server).messages(attempt.session_id, attempt.directory)
         except OccoordError as exc:
             if isinstance(exc, ApiError) and exc.not_found:
                 self.session_gone(attempt)
@@ -218,7 +218,8 @@ class Settler:
         record = active.run.tasks.read(attempt.task)
         if record is None or record.state is not TaskState.PENDING or record.attempt != attempt.attempt:
             return {}
-        return await self.workspaces.finish(active.run, active.specs[attempt.task], record, done=done)
+        client = self.pool.client(attempt.server)
+        return await self.workspaces.finish(client, active.run, active.specs[attempt.task], record, done=done)
 
     async def settle_worktree(self, run_id: str, task: str) -> None:
         """A worktree task decided from outside: once its session has ended, commit and record
@@ -232,8 +233,10 @@ class Settler:
             if not spec.worktree:
                 return
             state = run.tasks.current(task)
-            if state is not None and state.terminal:
-                await self.workspaces.settle_record(run, spec, state)
+            record = run.tasks.read(task)
+            if state is not None and state.terminal and record is not None:
+                server = str(record.details.get("server") or self.pool.default)
+                await self.workspaces.settle_record(self.pool.client(server), run, spec, state)
         except (OccoordError, OSError, KeyError) as exc:
             log.error("%s/%s: cannot record the worktree's result: %s", run_id, task, exc)
             self.problems[(run_id, task)] = f"cannot record the worktree's result of {run_id}/{task}: {exc}"
@@ -278,7 +281,9 @@ class Settler:
         if attempt.session_id is None or self.table.winding.pop(attempt.session_id, None) is None:
             return  # went idle meanwhile: its text is saved
         try:
-            busy = attempt.session_id in await self.client.session_status(attempt.directory)
+            busy = attempt.session_id in await self.pool.client(attempt.server).session_status(
+                attempt.directory
+            )
         except OccoordError:
             return
         if busy:
@@ -298,7 +303,7 @@ class Settler:
         if attempt.session_id is None:
             return
         try:
-            await self.client.abort(attempt.session_id, attempt.directory)
+            await self.pool.client(attempt.server).abort(attempt.session_id, attempt.directory)
         except OccoordError as exc:
             log.warning("%s: abort failed: %s", attempt.label, exc)
 

@@ -28,7 +28,7 @@ STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 class Stopper:
     def __init__(self, parts: Parts, settler: Settler, provider_retries: int) -> None:
-        self.client = parts.client
+        self.pool = parts.pool
         self.book = parts.book
         self.table = parts.table
         self.clock = parts.clock
@@ -62,16 +62,17 @@ class Stopper:
     async def silence(self, attempt: Attempt) -> None:
         """Abort the attempt's session (found by its title if its id never came back) and see that
         it is no longer busy. Raises OccoordError while that cannot be seen."""
+        client = self.pool.client(attempt.server)
         if attempt.session_id is not None:
             sessions = [attempt.session_id]
         else:
-            found = await self.client.find_sessions(attempt.directory, attempt.title)
+            found = await client.find_sessions(attempt.directory, attempt.title)
             sessions = [s.id for s in found]
         for session_id in sessions:
-            await self.client.abort(session_id, attempt.directory)
+            await client.abort(session_id, attempt.directory)
         if not sessions:
             return
-        busy = await self.client.session_status(attempt.directory)
+        busy = await client.session_status(attempt.directory)
         for session_id in sessions:
             if session_id in busy:
                 raise SessionBusy(session_id)

@@ -9,6 +9,7 @@ whole loop, so every call goes through a background job.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from occoord.engine.attempts import Attempt
 from occoord.engine.parts import Parts
@@ -17,23 +18,32 @@ from occoord.engine.stopping import Stopper
 from occoord.errors import OccoordError
 from occoord.opencode import events as ev
 
-__all__ = ["EventRouter"]
+__all__ = ["EventRouter", "FromServer"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FromServer:
+    """An event and the pool member whose stream it came from (a bare event: the only server)."""
+
+    server: str
+    event: object
+
+
 class EventRouter:
     def __init__(self, parts: Parts, settler: Settler, stopper: Stopper) -> None:
-        self.client = parts.client
+        self.pool = parts.pool
         self.table = parts.table
         self.clock = parts.clock
         self.scheduler = parts.scheduler
         self.settler = settler
         self.stopper = stopper
 
-    def handle(self, event: object) -> None:
+    def handle(self, item: object) -> None:
+        server, event = (item.server, item.event) if isinstance(item, FromServer) else (None, item)
         if isinstance(event, ev.StreamReconnected):
-            self.scheduler.spawn(self.resync())
+            self.scheduler.spawn(self.resync(server))
             return
         if isinstance(event, ev.PermissionAsked | ev.QuestionAsked):
             return  # the PolicyResponder answers these
@@ -56,15 +66,16 @@ class EventRouter:
         elif _shows_a_turn(event):
             attempt.began = True
 
-    async def resync(self) -> None:
-        """After the event stream reconnects: anything that went idle meanwhile is settled now."""
-        by_dir: dict[str, list[Attempt]] = {}
+    async def resync(self, server: str | None = None) -> None:
+        """After a server's event stream reconnects (``None``: any server's): anything on it that
+        went idle meanwhile is settled now."""
+        by_dir: dict[tuple[str, str], list[Attempt]] = {}
         for a in self.table:
-            if a.session_id and not a.settling:
-                by_dir.setdefault(a.directory, []).append(a)
-        for directory, attempts in by_dir.items():
+            if a.session_id and not a.settling and server in (None, a.server):
+                by_dir.setdefault((a.server, a.directory), []).append(a)
+        for (on, directory), attempts in by_dir.items():
             try:
-                statuses = await self.client.session_status(directory)
+                statuses = await self.pool.client(on).session_status(directory)
             except OccoordError as exc:
                 log.warning("resync of %s failed: %s", directory, exc)
                 continue

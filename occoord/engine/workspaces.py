@@ -58,9 +58,8 @@ class NotReady(OccoordError):
 
 
 class Workspaces:
-    def __init__(self, root: Path | None, client: OpenCodePort) -> None:
+    def __init__(self, root: Path | None) -> None:
         self._root = root
-        self.client = client
         self._locks: dict[Path, asyncio.Lock] = {}
         self._roots: dict[Path, Path] = {}  # a task's directory -> its repository's top folder
 
@@ -132,7 +131,9 @@ class Workspaces:
 
     # -- end -------------------------------------------------------------------------------------
 
-    async def finish(self, run: Run, spec: TaskSpec, record: TaskRecord, *, done: bool) -> dict[str, Any]:
+    async def finish(
+        self, client: OpenCodePort, run: Run, spec: TaskSpec, record: TaskRecord, *, done: bool
+    ) -> dict[str, Any]:
         """Commit what the attempt left and record it; dispose the instance; remove the worktree
         per ``keep_worktree``. Returns the details to add to the task's record."""
         details = record.details
@@ -156,7 +157,7 @@ class Workspaces:
         }
         session_dir = str(path / (await asyncio.to_thread(repo_prefix, repo)))
         try:
-            await self.client.dispose(session_dir.rstrip("/"))  # OpenCode keeps an instance per directory
+            await client.dispose(session_dir.rstrip("/"))  # OpenCode keeps an instance per directory
         except OccoordError as exc:
             log.warning("%s/%s: cannot dispose the instance of %s: %s", run.id, spec.id, session_dir, exc)
         keep = spec.keep_worktree == "always" or (spec.keep_worktree == "on_failure" and not done)
@@ -165,12 +166,12 @@ class Workspaces:
             out["worktree_removed"] = True
         return out
 
-    async def settle_record(self, run: Run, spec: TaskSpec, state: TaskState) -> None:
+    async def settle_record(self, client: OpenCodePort, run: Run, spec: TaskSpec, state: TaskState) -> None:
         """A worktree task that ended (by an outside signal, or before a crash) without its result
         recorded: commit and record it now, in place (its state stays)."""
         record = run.tasks.read(spec.id)
         if record is None or record.state is not state or record.details.get("result_commit"):
             return
-        extra = await self.finish(run, spec, record, done=state is TaskState.DONE)
+        extra = await self.finish(client, run, spec, record, done=state is TaskState.DONE)
         if extra:
             run.tasks.update(spec.id, state, details={**record.details, **extra})

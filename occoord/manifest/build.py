@@ -150,6 +150,9 @@ def _common_fields(checker: Checker, where: str, raw: dict[str, Any]) -> dict[st
         out["keep_worktree"] = checker.keep_worktree(f"{where}.keep_worktree", raw["keep_worktree"])
     if "not_before" in raw:
         out["not_before"] = checker.moment(f"{where}.not_before", raw["not_before"])
+    if "server" in raw:
+        label = checker.string(f"{where}.server", raw["server"], empty_ok=False)
+        out["server"] = label.strip() if label else None
     return out
 
 
@@ -199,6 +202,7 @@ def _task(
         base_commit=base_commit,
         keep_worktree=fields.get("keep_worktree") or "on_failure",
         not_before=fields.get("not_before"),
+        server=fields.get("server"),
     )
     return spec, valid_id, depends
 

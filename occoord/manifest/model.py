@@ -88,6 +88,8 @@ class TaskSpec:
     keep_worktree: KeepWorktree = "on_failure"
     #: not dispatched before this moment (UTC, ISO 8601 with a Z); the run's own, or the task's
     not_before: str | None = None
+    #: run only on a server carrying this label (or named so): see ``occoord watch --server``
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Manifest:
                 "base_commit": t.base_commit,
                 "keep_worktree": t.keep_worktree if t.keep_worktree != "on_failure" else None,
                 "not_before": t.not_before,
+                "server": t.server,
             }
             task.update({k: v for k, v in optional.items() if v is not None})
             tasks.append(task)
@@ -160,6 +163,7 @@ DEFAULT_KEYS = (
     "base",
     "keep_worktree",
     "not_before",
+    "server",
 )
 TASK_KEYS = (
     "id",
@@ -178,6 +182,7 @@ TASK_KEYS = (
     "base_commit",
     "keep_worktree",
     "not_before",
+    "server",
 )
 HOOK_KEYS = ("on_task_end", "on_run_end")
 

@@ -77,6 +77,11 @@ def manifest_schema() -> dict[str, Any]:
             "description": "when the worktree stays after the task ends (default on_failure)",
         },
         "not_before": _MOMENT,
+        "server": {
+            "type": "string",
+            "pattern": _NOT_BLANK,
+            "description": "a label of the servers it may run on",
+        },
     }
     task: dict[str, Any] = {
         "type": "object",

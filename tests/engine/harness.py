@@ -17,6 +17,7 @@ from typing import Any
 from fakes import FakeClock, FakeOpenCode
 
 from occoord.engine.loop import Coordinator, CoordinatorConfig
+from occoord.engine.pool import Member, ServerPool
 from occoord.engine.ports import JobScheduler
 from occoord.engine.watcher import Hint
 from occoord.spool.layout import Run, Spool
@@ -33,9 +34,16 @@ def manifest(*tasks: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 class Engine:
-    def __init__(self, root: Path, **config: Any) -> None:
+    def __init__(
+        self, root: Path, servers: dict[str, tuple[int | None, set[str]]] | None = None, **config: Any
+    ) -> None:
+        """``servers``: name -> (capacity, labels), one fake server each (default: one, unlimited)."""
         self.clock = FakeClock()
         self.client = FakeOpenCode()
+        self.servers = servers
+        self.clients = {name: FakeOpenCode() for name in (servers or {})}
+        if self.clients:
+            self.client = next(iter(self.clients.values()))
         self.spool = Spool(root / "spool", durable=False, clock=self.clock.wall).init()
         self.workdir = root / "work"
         self.workdir.mkdir(exist_ok=True)
@@ -43,8 +51,17 @@ class Engine:
         self.config = CoordinatorConfig(**{**defaults, **config})
         self.scheduler = JobScheduler()
         self.co = Coordinator(
-            self.spool, self.client, self.config, clock=self.clock, scheduler=self.scheduler
+            self.spool, self.backend(), self.config, clock=self.clock, scheduler=self.scheduler
         )
+
+    def backend(self) -> FakeOpenCode | ServerPool:
+        if not self.servers:
+            return self.client
+        members = [
+            Member(name, self.clients[name], capacity=capacity, labels=frozenset(labels))
+            for name, (capacity, labels) in self.servers.items()
+        ]
+        return ServerPool(members)
 
     def restart(self, **config: Any) -> None:
         """A new coordinator on the same spool, server and clock (the old one crashed or stopped)."""
@@ -52,7 +69,7 @@ class Engine:
         self.config = CoordinatorConfig(**{**self.config.__dict__, **config})
         self.scheduler = JobScheduler()
         self.co = Coordinator(
-            self.spool, self.client, self.config, clock=self.clock, scheduler=self.scheduler
+            self.spool, self.backend(), self.config, clock=self.clock, scheduler=self.scheduler
         )
 
     def play(self, scenario: Callable[[Engine], Awaitable[None]]) -> None:

@@ -1,0 +1,75 @@
+"""Several servers: placement by load, capacity and label; every call about an attempt goes to the
+server it was placed on, after a restart too; a reconnect resyncs only that server's attempts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from harness import Engine, manifest, task
+
+from occoord.engine.stream import FromServer
+from occoord.opencode import events as ev
+from occoord.spool.states import TaskState
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Engine:
+    return Engine(tmp_path, servers={"big": (3, {"fast"}), "small": (1, set())}, max_sessions=10)
+
+
+def placed(e: Engine) -> dict[str, int]:
+    return {name: e.co.table.running_on(name) for name in e.clients}
+
+
+def test_attempts_go_to_the_least_loaded_server_with_room(pooled: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(*[task(f"t{i}") for i in range(6)], concurrency=10))
+        assert placed(e) == {"big": 3, "small": 1}, "capacities hold"
+        assert sum(e.record(run, f"t{i}").state is TaskState.QUEUED for i in range(6)) == 2
+        assert len(e.clients["big"].sessions) == 3 and len(e.clients["small"].sessions) == 1
+        on_small = next(iter(e.clients["small"].sessions.values()))
+        task_id = on_small.title.split("/")[1].split("#")[0]
+        assert e.record(run, task_id).details["server"] == "small"
+        await e.events([FromServer("small", x) for x in e.clients["small"].end_turn(on_small.id)])
+        assert e.state(run, task_id) is TaskState.DONE
+        assert placed(e) == {"big": 3, "small": 1}, "the freed place is taken again"
+        servers = json.loads((e.spool.root / "watcher.json").read_text())["servers"]
+        assert [(s["name"], s["capacity"]) for s in servers] == [("big", 3), ("small", 1)]
+
+    pooled.play(scenario)
+
+
+def test_a_label_keeps_a_task_on_the_servers_that_carry_it(pooled: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(*[task(f"f{i}", server="fast") for i in range(4)], concurrency=10))
+        assert placed(e) == {"big": 3, "small": 0}
+        waiting = json.loads((e.spool.root / "watcher.json").read_text())["waiting"]
+        assert waiting == {f"{run}/f3": "waiting: no server with room labelled fast"}
+
+    pooled.play(scenario)
+
+
+def test_a_restarted_watcher_reattaches_each_attempt_on_its_own_server(pooled: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("a"), task("b"), concurrency=10))
+        where = {t: e.record(run, t).details["server"] for t in "ab"}
+        assert sorted(where.values()) == ["big", "small"]
+        e.restart()
+        await e.start()
+        for t, server in where.items():
+            assert e.co.table.get(run, t).server == server  # type: ignore[union-attr]
+            assert any(c[0] == "get_session" for c in e.clients[server].calls)
+        before = len(e.clients["big"].calls_of("session_status"))
+        small_session = next(iter(e.clients["small"].sessions))
+        e.clients["small"].end_turn(small_session)  # its events are lost
+        await e.events([FromServer("small", ev.StreamReconnected())])
+        done = [t for t in "ab" if e.state(run, t) is TaskState.DONE]
+        assert done == [t for t, s in where.items() if s == "small"]
+        assert len(e.clients["big"].calls_of("session_status")) == before, "only small resynced"
+
+    pooled.play(scenario)
