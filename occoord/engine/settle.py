@@ -221,7 +221,7 @@ class Settler:
         client = self.pool.client(attempt.server)
         return await self.workspaces.finish(client, active.run, active.specs[attempt.task], record, done=done)
 
-    async def settle_worktree(self, run_id: str, task: str) -> None:
+    async def settle_worktree(self, run_id: str, task: str, tries: int = 0) -> None:
         """A worktree task decided from outside: once its session has ended, commit and record
         what it left; then wake the loop (dependents wait for that result commit)."""
         active = self.book.runs.get(run_id)
@@ -235,14 +235,16 @@ class Settler:
             state = run.tasks.current(task)
             record = run.tasks.read(task)
             if state is not None and state.terminal and record is not None:
-                server = str(record.details.get("server") or self.pool.default)
-                await self.workspaces.settle_record(self.pool.client(server), run, spec, state)
+                # Its server only disposes the instance: a server gone since does not hold this up.
+                member = self.pool.get(str(record.details.get("server") or self.pool.default))
+                client = member.client if member is not None else self.pool.client(self.pool.default)
+                await self.workspaces.settle_record(client, run, spec, state)
         except (OccoordError, OSError, KeyError) as exc:
             log.error("%s/%s: cannot record the worktree's result: %s", run_id, task, exc)
             self.problems[(run_id, task)] = f"cannot record the worktree's result of {run_id}/{task}: {exc}"
             self.scheduler.call_at(
-                self.clock.monotonic() + WRITE_BACKOFF.delay(1),
-                lambda: self.scheduler.spawn(self.settle_worktree(run_id, task)),
+                self.clock.monotonic() + WRITE_BACKOFF.delay(tries + 1),
+                lambda: self.scheduler.spawn(self.settle_worktree(run_id, task, tries + 1)),
             )
             return
         self.problems.pop((run_id, task), None)
