@@ -88,8 +88,8 @@ def server_options(func: F) -> F:
 
 def find_server(spool: Spool, url: str | None, password: str | None) -> ServerAddress | None:
     """The server of the spool's sessions: the one given (``--server``), else the one the watcher
-    spawned and recorded in SPOOL/server.json while it still runs; None when neither is known (a
-    watcher on the simulator records none)."""
+    spawned and recorded in SPOOL/server.json while it still runs, else the one a running watcher
+    names in SPOOL/watcher.json (an attached server or the simulator); None when none is known."""
     if url:
         return ServerAddress(url, password or os.environ.get("OPENCODE_SERVER_PASSWORD") or None, "--server")
     path = spool.root / SERVER_FILE

@@ -163,10 +163,10 @@ def logs(
     """Print TASK's transcript: the agent's text, each tool call with its title and status, errors.
 
     RUN is a run id, `latest` or a manifest's name. Reads the task's record in the spool (for its
-    session id) and the session's messages from the OpenCode server: --server, or the server the
-    watcher spawned (SPOOL/server.json). -f follows the server's event stream until the task has
-    ended, including a retry's new session. Writes nothing. Without a known server (a watcher on
-    the built-in simulator records none: pass its URL), the task's results/TASK.md is shown.
+    session id) and the session's messages from the OpenCode server: --server, the server the
+    watcher spawned (SPOOL/server.json), or the one a running watcher names (SPOOL/watcher.json).
+    -f follows the server's event stream until the task has ended, including a retry's new
+    session. Writes nothing. Without a known server, the task's results/TASK.md is shown.
     """
     spool = open_spool(spool_dir, create=False)
     run = spool.run(resolve_run(spool, run_ref))

@@ -1,4 +1,5 @@
-"""The commands that run things: ``watch``, ``run``, ``cancel``, ``retry`` and ``simulate``.
+"""The commands that run things: ``watch``, ``run`` and ``simulate`` (``cancel``, ``retry`` and
+``clean`` are in ``manage``).
 
 Every option has an ``OCCOORD_*`` environment mirror, so a systemd unit can configure
 ``occoord watch`` from an environment file alone.

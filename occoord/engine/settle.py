@@ -18,6 +18,7 @@ from occoord.opencode.models import ErrorInfo
 from occoord.opencode.outcome import ABORTED_ERROR, TurnOutcome, classify
 from occoord.opencode.usage import Usage
 from occoord.spool.states import TaskState
+from occoord.spool.summary import write_summary
 
 __all__ = ["SettleSettings", "Settler", "with_session_error"]
 
@@ -239,6 +240,9 @@ class Settler:
                 member = self.pool.get(str(record.details.get("server") or self.pool.default))
                 client = member.client if member is not None else self.pool.client(self.pool.default)
                 await self.workspaces.settle_record(client, run, spec, state)
+                if (run.dir / "summary.json").exists():
+                    # The run finished before this result was committed: its summary gets it too.
+                    write_summary(run, durable=self.book.spool.durable)
         except (OccoordError, OSError, KeyError) as exc:
             log.error("%s/%s: cannot record the worktree's result: %s", run_id, task, exc)
             self.problems[(run_id, task)] = f"cannot record the worktree's result of {run_id}/{task}: {exc}"
