@@ -357,9 +357,7 @@ class Coordinator:
                 continue
             member = self.pool.place(active.specs[task].server, self.table.running_on)
             if member is None:
-                self.limited[key] = "waiting: no server with room" + (
-                    f" labelled {active.specs[task].server}" if active.specs[task].server else ""
-                )
+                self.limited[key] = self.pool.why_not(active.specs[task].server)
                 continue
             if self.dispatcher.dispatch(active, record, member.name):
                 started += 1

@@ -84,6 +84,15 @@ class ServerPool:
                 best = member
         return best
 
+    def why_not(self, label: str | None) -> str:
+        """Why ``place`` found no server, for ``occoord status``."""
+        if label is not None and not any(
+            label in m.labels or label == m.name for m in self._members.values()
+        ):
+            return f"waiting: no server is labelled {label} (add one: --server or SPOOL/servers/)"
+        labelled = f" labelled {label}" if label else ""
+        return f"waiting: no healthy server{labelled} with room"
+
     def describe(self) -> list[dict[str, object]]:
         """What ``occoord status`` shows of each server (never a password; how busy each is, the
         task records say: a pending task's ``details.server``)."""

@@ -48,7 +48,10 @@ def test_a_label_keeps_a_task_on_the_servers_that_carry_it(pooled: Engine) -> No
         run = await e.submit(manifest(*[task(f"f{i}", server="fast") for i in range(4)], concurrency=10))
         assert placed(e) == {"big": 3, "small": 0}
         waiting = json.loads((e.spool.root / "watcher.json").read_text())["waiting"]
-        assert waiting == {f"{run}/f3": "waiting: no server with room labelled fast"}
+        assert waiting == {f"{run}/f3": "waiting: no healthy server labelled fast with room"}
+        other = await e.submit(manifest(task("g", server="gpu")), "gpu.json")
+        waiting = json.loads((e.spool.root / "watcher.json").read_text())["waiting"]
+        assert waiting[f"{other}/g"].startswith("waiting: no server is labelled gpu")
 
     pooled.play(scenario)
 
