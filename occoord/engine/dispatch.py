@@ -32,6 +32,23 @@ log = logging.getLogger(__name__)
 
 # Re-attaching to a server that is not back yet: 0.5 s, 1 s, 2 s, ... at most 30 s apart.
 REATTACH_BACKOFF = Backoff(base=0.5, cap=30.0)
+# A task record's details that describe one attempt only (cleared when the next one starts).
+ATTEMPT_DETAILS = frozenset(
+    {
+        "outcome",
+        "error_name",
+        "retryable",
+        "directory",
+        "worktree",
+        "branch",
+        "start_commit",
+        "result_commit",
+        "files_changed",
+        "insertions",
+        "deletions",
+        "worktree_removed",
+    }
+)
 # Looking again after a request whose answer was lost: 1 s, 2 s, ... at most 30 s apart.
 START_BACKOFF = Backoff(base=1.0, cap=30.0)
 
@@ -86,8 +103,11 @@ class Dispatcher:
         task = record.task
         number = record.attempt + 1
         title = session_title(active.id, task, number)
+        # What belonged to the previous attempt (its outcome, its worktree and result) does not
+        # carry over; what counts across attempts (failures, usage) does.
+        kept = {k: v for k, v in record.details.items() if k not in ATTEMPT_DETAILS}
         details = {
-            **record.details,
+            **kept,
             "title": title,
             "dispatched_at": iso(self.clock.wall()),
             "server_version": self._version(server),

@@ -18,6 +18,7 @@ from occoord.fsutil import atomic_write
 from occoord.opencode.outcome import TurnOutcome, classify
 from occoord.opencode.transcript import fetch_transcript
 from occoord.opencode.usage import Usage, usage_of
+from occoord.spool.summary import write_summary
 
 __all__ = ["ResultKeeper"]
 
@@ -86,16 +87,20 @@ class ResultKeeper:
     async def record_usage(self, attempt: Attempt) -> None:
         """A task decided from outside: add what its turn cost to its (terminal) record."""
         usage = await self.usage(attempt)
-        active = self.book.runs.get(attempt.run_id)
-        if usage is None or active is None:
+        if usage is None:
             return
         try:
-            record = active.run.tasks.read(attempt.task)
+            active = self.book.runs.get(attempt.run_id)
+            # A signal that finished the run took it out of the book: the files are still there.
+            run = active.run if active is not None else self.book.spool.run(attempt.run_id)
+            record = run.tasks.read(attempt.task)
             if record is None or not record.state.terminal or record.attempt != attempt.attempt:
                 return
             total = (Usage.from_json(record.details.get("usage")) or Usage()) + usage
             details = {**record.details, "usage": total.to_json()}
-            active.run.tasks.update(attempt.task, record.state, durable=False, details=details)
+            run.tasks.update(attempt.task, record.state, durable=False, details=details)
+            if (run.dir / "summary.json").exists():  # the run finished first: its summary too
+                write_summary(run, durable=self.book.spool.durable)
         except (OccoordError, OSError) as exc:
             log.info("%s: cannot record the usage: %s", attempt.label, exc)
 

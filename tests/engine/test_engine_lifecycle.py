@@ -244,3 +244,17 @@ def test_model_limits_per_run_and_across_runs_are_never_exceeded(make_engine) ->
         assert e.summary(run) is not None and e.summary(other) is not None
 
     engine.play(scenario)
+
+
+def test_a_signal_that_finishes_the_run_still_records_the_turns_cost(engine: Engine) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t")))
+        sid = e.session(run, "t")
+        await e.signal(run, "t", TaskState.DONE, "by the agent")
+        assert e.summary(run) is not None
+        await e.events(e.client.end_turn(sid, cost=0.5, tokens={"input": 10, "output": 1}))
+        assert e.record(run, "t").details["usage"]["cost"] == 0.5
+        assert e.summary(run)["usage"]["cost"] == 0.5  # type: ignore[index]
+
+    engine.play(scenario)

@@ -212,3 +212,26 @@ def test_clean_removes_a_finished_runs_worktrees_refusing_uncommitted_work(
         assert (repo / "README.md").read_text() == "hello\n"
 
     wt_engine.play(scenario)
+
+
+def test_a_retried_attempt_records_its_own_result_not_the_failed_ones(wt_engine: Engine, repo: Path) -> None:
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(plan(repo, task("t", retries=1), task("d", depends_on=["t"])))
+        agent_writes(e, run, "t", "first.txt", "attempt 1\n")
+        overloaded = ErrorInfo("APIError", "overloaded", retryable=True)
+        await e.events(e.client.end_turn(e.session(run, "t"), error=overloaded))
+        failed_commit = e.record(run, "t").details["result_commit"]
+        await e.advance(e.config.retry_base)
+        record = e.record(run, "t")
+        assert record.attempt == 2 and "result_commit" not in record.details, "not the failed attempt's"
+        agent_writes(e, run, "t", "second.txt", "attempt 2\n", attempt=2)
+        await e.signal(run, "t", TaskState.DONE, "done now")
+        assert e.state(run, "d") is TaskState.QUEUED, "d waits for attempt 2's result"
+        await e.events(e.client.end_turn(e.session(run, "t", attempt=2)))
+        details = e.record(run, "t").details
+        assert details["result_commit"] != failed_commit and details["branch"] == f"occoord/{run}/t-2"
+        assert git(repo, "show", f"{details['result_commit']}:second.txt") == "attempt 2"
+        assert e.state(run, "d") is TaskState.PENDING
+
+    wt_engine.play(scenario)
