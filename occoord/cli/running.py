@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal as signals
 import sys
 from collections.abc import Callable
@@ -34,13 +35,12 @@ _SECONDS = click.FloatRange(min=0.001)
 
 _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
     # (option, env, type, default, help)
-    ("--server", "OCCOORD_SERVER", str, None, "Attach to a running OpenCode server at this URL."),
     (
         "--server-password",
         "OCCOORD_SERVER_PASSWORD",
         str,
         None,
-        "Basic-auth password of --server (default: $OPENCODE_SERVER_PASSWORD).",
+        "Basic-auth password of every --server (default: $OPENCODE_SERVER_PASSWORD).",
     ),
     (
         "--opencode-bin",
@@ -155,6 +155,17 @@ def coordinator_options(func: F) -> F:
         help="Use the built-in OpenCode simulator (a dry run with fake agents).",
     )(func)
     for name, env, kind, default, text in reversed(_COORDINATOR_OPTIONS):
+        if name == "--server-password":
+            func = click.option(
+                "--server",
+                "servers",
+                multiple=True,
+                envvar="OCCOORD_SERVERS",
+                metavar="[NAME=]URL",
+                help="Attach to a running OpenCode server at this URL; several times: a pool (server-1, "
+                "server-2, ... or NAME=URL); more in SPOOL/servers/NAME.json. (env OCCOORD_SERVERS, "
+                "comma-separated; OCCOORD_SERVER for one)",
+            )(func)
         func = click.option(
             name,
             envvar=env,
@@ -183,6 +194,8 @@ def parse_limits(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
 def build_config(
     spool: Spool, opts: dict[str, Any], at_exit: AtExit = "keep"
 ) -> tuple[CoordinatorConfig, Any]:
+    from occoord.engine.pool import DEFAULT
+    from occoord.engine.servers import attached_servers
     from occoord.engine.service import ServerChoice, check_config
 
     config = CoordinatorConfig(
@@ -203,8 +216,14 @@ def build_config(
     if config.worktree_root is not None and config.worktree_root.is_relative_to(spool.root):
         # The watcher would see every file an agent writes as a spool event.
         raise ConfigError("--worktree-root", f"{config.worktree_root} is inside the spool {spool.root}")
+    # OCCOORD_SERVER (one URL) as before OCCOORD_SERVERS: click takes one envvar per option.
+    attached = attached_servers(
+        list(opts.get("servers") or ()) or os.environ.get("OCCOORD_SERVER", "").split()
+    )
     choice = ServerChoice(
-        url=opts["server"],
+        url=attached[0][1] if len(attached) == 1 else None,
+        name=attached[0][0] if len(attached) == 1 else DEFAULT,
+        servers=tuple(attached) if len(attached) > 1 else (),
         password=opts["server_password"],
         simulate=bool(opts["simulate"]),
         binary=opts["opencode_bin"],

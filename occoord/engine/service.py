@@ -28,22 +28,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from occoord.engine.loop import Coordinator, CoordinatorConfig
+from occoord.engine.pool import DEFAULT
+from occoord.engine.servers import SERVERS_DIR, Fleet, Replies, ServerSpec, pump_events
 from occoord.engine.watcher import Hint, SpoolWatcher
-from occoord.errors import ConfigError, OccoordError
+from occoord.errors import ConfigError, OccoordError, ServerUnavailable
 from occoord.fsutil import atomic_write
 from occoord.opencode.client import OpenCodeClient
-from occoord.opencode.events import EventStream, PermissionAsked, QuestionAsked
-from occoord.opencode.permissions import PolicyResponder
 from occoord.opencode.server import OpenCodeServer, ServerRecord
 from occoord.sim.simulator import Simulator
 from occoord.spool.layout import Spool
 
-__all__ = ["SERVER_FILE", "AtExit", "ServerChoice", "SpoolLock", "serve"]
+__all__ = ["SERVER_FILE", "AtExit", "Replies", "ServerChoice", "SpoolLock", "serve"]
 
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
-MAX_REPLIES = 32  # replies to asks in flight at once; more wait their turn (bounded connections)
 
 # What becomes of a spawned server when the coordinator exits: left running for the next one
 # ("keep"), stopped ("stop"), or stopped only if no run of the spool is unfinished ("stop_if_idle").
@@ -53,9 +52,13 @@ AtExit = Literal["keep", "stop", "stop_if_idle"]
 @dataclass(frozen=True)
 class ServerChoice:
     """Where the OpenCode server comes from: an URL to attach to, the built-in simulator, or spawn;
-    and, for a spawned one, what becomes of it when the coordinator exits."""
+    and, for a spawned one, what becomes of it when the coordinator exits. ``servers``: several
+    attached ones (name, URL), instead of ``url``; ``name``: the pool member of the single one.
+    Servers in SPOOL/servers/ join either."""
 
     url: str | None = None
+    name: str = DEFAULT
+    servers: tuple[tuple[str, str], ...] = ()
     password: str | None = None
     simulate: bool = False
     binary: str | None = None
@@ -247,31 +250,67 @@ async def serve(
     stopping.cancel()
     try:
         state_file = spool.root / SERVER_FILE
-        async with opencode_backend(
-            choice, config.workdir, state_file=state_file, stop_at_exit=lambda: _stop_server(choice, spool)
-        ) as (client, version):
-            config = replace(config, server_version=version)
-            coordinator = Coordinator(spool, client, config)
-            loop = asyncio.get_running_loop()
-            watcher = SpoolWatcher(spool.root, lambda h: loop.call_soon_threadsafe(coordinator.post, h))
-            watcher.start()
-            replies = Replies(PolicyResponder(client))
-            stream = EventStream(client)
-            pump = asyncio.ensure_future(_pump(stream, coordinator, replies))
-            guard = asyncio.ensure_future(_guard(watcher, coordinator, stop))
+        async with _first_backend(choice, config.workdir, state_file, spool) as first:
+            fleet = Fleet(spool.root / SERVERS_DIR)
             try:
-                if on_ready is not None:
-                    on_ready(coordinator)
-                await coordinator.run(stop)
+                config = replace(config, server_version=await _gather(fleet, choice, first))
+                coordinator = Coordinator(spool, fleet.pool, config)
+                loop = asyncio.get_running_loop()
+
+                def sink(hint: Hint) -> None:  # the watchdog thread's: SPOOL/servers/ is the fleet's
+                    loop.call_soon_threadsafe(
+                        fleet.hint if hint.kind == "servers" else coordinator.post, hint
+                    )
+
+                watcher = SpoolWatcher(spool.root, sink)
+                watcher.start()
+                fleet.start(coordinator.post, coordinator.table.running_on)
+                keeper = asyncio.ensure_future(fleet.maintain(stop, config.rescan_interval))
+                guard = asyncio.ensure_future(_guard(watcher, coordinator, stop, fleet))
+                try:
+                    if on_ready is not None:
+                        on_ready(coordinator)
+                    await coordinator.run(stop)
+                finally:
+                    keeper.cancel()
+                    guard.cancel()
+                    watcher.stop()
+                return coordinator
             finally:
-                pump.cancel()
-                guard.cancel()
-                watcher.stop()
-                await replies.aclose()
-                await stream.aclose()
-            return coordinator
+                await fleet.aclose()
     finally:
         lock.release()
+
+
+@asynccontextmanager
+async def _first_backend(
+    choice: ServerChoice, workdir: Path, state_file: Path, spool: Spool
+) -> AsyncIterator[tuple[Any, str] | None]:
+    """The single server as before pools (attached, simulated or spawned; it must answer at
+    start), or None when several are attached (each joins the fleet on its own)."""
+    if len(choice.servers) > 1:
+        yield None
+        return
+    async with opencode_backend(
+        choice, workdir, state_file=state_file, stop_at_exit=lambda: _stop_server(choice, spool)
+    ) as found:
+        yield found
+
+
+async def _gather(fleet: Fleet, choice: ServerChoice, first: tuple[Any, str] | None) -> str:
+    """Fill the fleet: the single server or the attached ones, then the server files. The version
+    the records keep (server_version): the first server's that answered."""
+    if first is not None:
+        client, version = first
+        fleet.adopt(choice.name, client, version)
+    else:
+        for name, url in choice.servers:
+            await fleet.add(ServerSpec(name, url, password=choice.password), from_file=False)
+        if not any(member.healthy for member in fleet.pool):
+            urls = ", ".join(url for _, url in choice.servers)
+            raise ServerUnavailable(urls, "none of the --server URLs can be reached")
+    await fleet.sync_files()
+    return next((m.version for m in fleet.pool if m.healthy and m.version), "")
 
 
 def _stop_server(choice: ServerChoice, spool: Spool) -> bool:
@@ -282,47 +321,11 @@ def _stop_server(choice: ServerChoice, spool: Spool) -> bool:
     return choice.at_exit == "stop"
 
 
-class Replies:
-    """Answers permission and question asks beside the event pump, never in it: a reply that
-    hangs must not stop the delivery of every other event. At most one reply per request id is in
-    flight (the server may announce an ask again, e.g. after a reconnect), at most MAX_REPLIES in
-    all; failures are logged."""
-
-    def __init__(self, responder: Any, limit: int = MAX_REPLIES) -> None:
-        self.responder = responder
-        self.jobs: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(limit)
-
-    def offer(self, event: object) -> None:
-        if not isinstance(event, PermissionAsked | QuestionAsked) or event.request_id in self.jobs:
-            return
-        request_id = event.request_id
-        job = asyncio.ensure_future(self._reply(event))
-        self.jobs[request_id] = job
-        job.add_done_callback(lambda _: self.jobs.pop(request_id, None))
-
-    async def _reply(self, event: PermissionAsked | QuestionAsked) -> None:
-        async with self._slots:
-            try:
-                await self.responder.handle(event)
-            except Exception:  # a bug in one reply must not end the others, nor pass unseen
-                log.exception("replying to %s %s failed", type(event).__name__, event.request_id)
-
-    async def aclose(self) -> None:
-        jobs = list(self.jobs.values())
-        for job in jobs:
-            job.cancel()
-        if jobs:
-            await asyncio.wait(jobs)
-
-
 async def _pump(stream: Any, coordinator: Coordinator, replies: Replies) -> None:
-    async for event in stream:
-        replies.offer(event)
-        coordinator.post(event)
+    await pump_events(stream, coordinator.post, replies)
 
 
-async def _guard(watcher: SpoolWatcher, coordinator: Coordinator, stop: asyncio.Event) -> None:
+async def _guard(watcher: SpoolWatcher, coordinator: Coordinator, stop: asyncio.Event, fleet: Fleet) -> None:
     """Supervise the watchdog observer: a dead one is restarted and a rescan catches up."""
     while not stop.is_set():
         try:
@@ -332,6 +335,7 @@ async def _guard(watcher: SpoolWatcher, coordinator: Coordinator, stop: asyncio.
         if not stop.is_set() and not watcher.alive():
             watcher.restart()
             coordinator.post(Hint("rescan"))
+            fleet.hint()
 
 
 def check_config(config: CoordinatorConfig) -> None:

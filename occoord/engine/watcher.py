@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Hint:
-    """Something may have changed. ``kind``: incoming | task | run | hold | rescan."""
+    """Something may have changed. ``kind``: incoming | task | run | hold | servers | rescan."""
 
     kind: str
     path: Path | None = None
@@ -54,6 +54,14 @@ def _hint_for(root: Path, path: str, *, settled: bool) -> Hint | None:
     parts = rel.parts
     if parts == ("hold",):
         return Hint("hold")  # put on hold or resumed: the next tick dispatches (or not)
+    if parts == ("servers",) or (
+        len(parts) == 2
+        and parts[0] == "servers"
+        and parts[1].endswith(".json")
+        and not parts[1].startswith(".")
+    ):
+        # A server file added, changed or removed (or the whole folder): the service re-reads it.
+        return Hint("servers", path=root / rel)
     if len(parts) == 2 and parts[0] == "incoming":
         if is_ignored_incoming(parts[1]):
             return None
