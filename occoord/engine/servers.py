@@ -51,8 +51,7 @@ MAINTAIN_EVERY = 0.5  # seconds between looks at the streams' health and the dra
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One server to attach to. ``password``: given on the command line or its environment;
-    ``password_file``: read at use (a server file)."""
+    """One server to attach to; ``password`` from --server-password, or ``password_file`` read at use."""
 
     name: str
     url: str
@@ -265,10 +264,10 @@ class Fleet:
         return member
 
     def _join(self, member: Member, client: Any, *, owned: bool, from_file: bool) -> None:
-        backend = _Backend(
-            member, client, EventStream(client), Replies(PolicyResponder(client)), owned, from_file
+        replies = Replies(PolicyResponder(client))
+        backend = self.backends[member.name] = _Backend(
+            member, client, EventStream(client), replies, owned, from_file
         )
-        self.backends[member.name] = backend
         self.pool.add(member)
         if self.post is not None:
             backend.pump = asyncio.ensure_future(self._pump(backend))
