@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from e2ekit import drop, manifest, max_concurrent_pending, record, states, summary, task, the_run
+from support.gitrepo import git, make_repo
 from support.processes import Proc, occoord_argv, wait_for
 from test_e2e_real import TURN, Stage, opencode_bin, stage, tool_calls
 
@@ -23,21 +24,10 @@ real = pytest.mark.real_opencode
 slow = pytest.mark.slow
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A repository with one commit on main, and a user's uncommitted edit that must survive."""
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "me@example.invalid")
-    git(path, "config", "user.name", "me")
-    (path / "README.md").write_text("hello\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "start")
+    path = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
     (path / "scratch.txt").write_text("the user's own work, not committed\n")
     return path
 

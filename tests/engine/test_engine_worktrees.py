@@ -3,33 +3,19 @@ the agents: a test writes into the session's directory what an agent would)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from harness import Engine, manifest, task
+from support.gitrepo import git, make_repo
 
 from occoord.opencode.models import ErrorInfo
 from occoord.spool.states import TaskState
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "me@example.invalid")
-    git(path, "config", "user.name", "me")
-    (path / "README.md").write_text("hello\n")
-    (path / "src").mkdir()
-    (path / "src" / "app.py").write_text("print('v1')\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "start")
-    return path
+    return make_repo(tmp_path / "repo", {"README.md": "hello\n", "src/app.py": "print('v1')\n"})
 
 
 @pytest.fixture
