@@ -5,6 +5,7 @@ restarted mid-run, and a bad server file that must not stop the watcher."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from e2ekit import drop_atomically, manifest, record, sim_sessions, sim_status, start_watcher, states, the_run
-from support.processes import Proc, free_port, start_simulator, wait_for
+from support.processes import Proc, free_port, occoord_argv, start_simulator, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,14 @@ def pool(spool: Path) -> dict[str, dict[str, object]]:
     except (OSError, ValueError):
         return {}
     return {s["name"]: s for s in doc.get("servers", [])}
+
+
+def status(spool: Path, *args: str) -> str:
+    done = subprocess.run(
+        occoord_argv("status", "--spool", str(spool), *args), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 class Peaks:

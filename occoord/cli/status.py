@@ -23,6 +23,7 @@ from occoord.spool.status import (
     resolve_run,
     run_summary,
     run_usage,
+    server_rows,
     set_hold,
     task_rows,
     watcher_report,
@@ -121,6 +122,8 @@ def _task_extra(row: dict[str, Any]) -> str:
     if row.get("result_commit"):
         on = f" on {row['branch']}" if row.get("branch") else ""
         extra += f"  {row['result_commit'][:12]}{on}"
+    if row["state"] == "pending" and row.get("server") and row["server"] != "default":
+        extra += f"  on {row['server']}"
     if row["state"] == "queued" and row["not_before"]:
         extra += f"  not before {row['not_before']}"
     if row["reason"]:
@@ -145,6 +148,7 @@ def _print_overview(spool: Spool, as_json: bool) -> None:
     waits = incoming_waits(spool, watcher)
     rejected, rejected_total = recent_rejections(spool)
     held = hold_info(spool)
+    servers = server_rows(spool, watcher)
     if as_json:
         listing = {
             "runs": summaries,
@@ -155,10 +159,18 @@ def _print_overview(spool: Spool, as_json: bool) -> None:
             "rejected_total": rejected_total,
             "hold": held,
             "watcher": watcher,
+            "servers": servers,
         }
         click.echo(json.dumps(listing, indent=1))
         return
     _print_watcher(watcher)
+    if (
+        watcher
+        and watcher.get("running")
+        and (len(servers) > 1 or any(s.get("name") != "default" for s in servers))
+    ):
+        for line in _server_lines(servers):  # one server alone: as before pools, no table
+            click.echo(line)
     if held is not None:
         click.echo(_hold_line(held))
     if not summaries and not unreadable:
@@ -189,6 +201,20 @@ def _print_watcher(watcher: dict[str, Any] | None) -> None:
     click.echo(f"watcher: pid {watcher.get('pid')} since {watcher.get('started_at')}")
     for problem in watcher.get("problems", []):
         click.echo(f"  problem since {problem.get('since')}: {problem.get('what')}")
+
+
+def _server_lines(servers: list[dict[str, Any]]) -> list[str]:
+    width = max(len(str(s.get("name"))) for s in servers)
+    lines = []
+    for s in servers:
+        health = "draining" if s.get("draining") else "healthy" if s.get("healthy") else "down"
+        room = f"{s['busy']}/{s['capacity'] if s.get('capacity') else '-'}"
+        labels = f"  labels {','.join(s['labels'])}" if s.get("labels") else ""
+        version = f"  OpenCode {s['version']}" if s.get("version") else ""
+        lines.append(
+            f"server {s.get('name')!s:{width}}  {health:8}  busy {room}  {s.get('url')}{version}{labels}"
+        )
+    return lines
 
 
 def run_for(spool: Spool, ref: str) -> Run:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from occoord.errors import NotFound
+from occoord.errors import NotFound, OccoordError
 from occoord.fsutil import atomic_write, fsync_dir
 from occoord.spool.layout import Run, Spool
 from occoord.spool.names import parse_run_id
@@ -34,6 +34,7 @@ __all__ = [
     "result_of",
     "run_summary",
     "run_usage",
+    "server_rows",
     "set_hold",
     "task_rows",
     "watcher_report",
@@ -90,6 +91,7 @@ def task_rows(run: Run, *, now: float | None = None) -> list[dict[str, Any]]:
                 "reason": record.reason if record else "no state file",
                 "not_before": record.not_before if record else None,
                 "server_version": details.get("server_version"),
+                "server": details.get("server"),
                 "directory": details.get("directory"),
                 "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
                 "usage": record_usage(details),
@@ -241,6 +243,22 @@ def clear_hold(spool: Spool) -> bool:
     if spool.durable:
         fsync_dir(spool.root)
     return True
+
+
+def server_rows(spool: Spool, watcher: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The watcher's servers (``watcher.json`` "servers"), each with ``busy``: how many pending
+    tasks the records place on it (the records are the truth; the watcher's view may be older)."""
+    busy: Counter[str] = Counter()
+    for run_id in spool.run_ids():
+        try:
+            records = spool.run(run_id).records().values()
+        except (OccoordError, OSError):
+            continue  # a broken run is reported as unreadable by the overview
+        for rec in records:
+            if rec is not None and rec.state is TaskState.PENDING:
+                busy[str(rec.details.get("server") or "")] += 1
+    listed = (watcher or {}).get("servers") or []
+    return [{**s, "busy": busy.get(str(s.get("name")), 0)} for s in listed if isinstance(s, Mapping)]
 
 
 def watcher_report(spool: Spool) -> dict[str, Any] | None:
