@@ -28,7 +28,7 @@ from occoord.spool.status import (
     task_rows,
     watcher_report,
 )
-from occoord.spool.summary import diff_text, usage_text
+from occoord.spool.summary import diff_text, sessions_per_server, usage_text
 
 __all__ = ["hold", "print_status", "resume", "status"]
 
@@ -92,7 +92,8 @@ def print_status(spool: Spool, run_id: str | None, as_json: bool) -> None:
         _print_overview(spool, as_json)
         return
     run = spool.run(run_id)
-    summary = run_summary(run)
+    # Which servers ran it, and how many sessions each (every attempt; as in summary.json).
+    summary = {**run_summary(run), "servers": sessions_per_server(run.records().values())}
     rows = task_rows(run)
     usage = run_usage(rows)
     held = hold_info(spool)
@@ -101,6 +102,9 @@ def print_status(spool: Spool, run_id: str | None, as_json: bool) -> None:
         return
     total = f"  {usage_text(usage)}" if usage else ""
     click.echo(f"{run.id} ({'finished' if summary['finished'] else 'active'}){total}")
+    servers = summary.get("servers") or {}
+    if set(servers) - {"default"}:  # one server and no names: nothing to say
+        click.echo("  servers: " + ", ".join(f"{name} {n} sessions" for name, n in servers.items()))
     width = max(len(r["task"]) for r in rows)
     for r in rows:
         click.echo(f"  {r['task']:{width}}  {r['state'] or '?':8}  attempt {r['attempt']}{_task_extra(r)}")

@@ -112,6 +112,7 @@ class Dispatcher:
             "dispatched_at": iso(self.clock.wall()),
             "server_version": self._version(server),
             "server": server,
+            "servers": _count(record.details.get("servers"), server),  # sessions per server, all attempts
         }
         moved = self.book.move(
             active,
@@ -311,3 +312,9 @@ class Dispatcher:
             return
         log.info("%s: re-attaching to session %s", attempt.label, record.session_id)
         await self.start(active, attempt, find_existing=False)
+
+
+def _count(counted: object, server: str) -> dict[str, int]:
+    out = {str(k): v for k, v in counted.items() if isinstance(v, int)} if isinstance(counted, dict) else {}
+    out[server] = out.get(server, 0) + 1
+    return out

@@ -19,8 +19,9 @@ from typing import Any
 
 from occoord.fsutil import atomic_write
 from occoord.spool.layout import Run
+from occoord.spool.records import TaskRecord
 
-__all__ = ["diff_text", "record_usage", "sum_usage", "usage_text", "worktree_result", "write_summary"]
+__all__ = ["diff_text", "sessions_per_server", "record_usage", "sum_usage", "usage_text", "worktree_result", "write_summary"]
 
 _TOKEN_KEYS = ("input", "output", "reasoning")
 _CACHE_KEYS = ("read", "write")
@@ -151,6 +152,7 @@ def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
                 "reason": record.reason if record else "no state file",
                 "server_version": details.get("server_version"),
                 "usage": record_usage(details),
+                **({"server": details["server"]} if isinstance(details.get("server"), str) else {}),
                 **worktree_result(details),
             }
         )
@@ -166,10 +168,29 @@ def write_summary(run: Run, *, durable: bool = True) -> dict[str, Any]:
         "tasks": tasks,
         "counts": counts,
         "usage": sum_usage(used) if used else None,
+        "servers": sessions_per_server(records.values()),
     }
     atomic_write(run.dir / "summary.json", json.dumps(summary, indent=1).encode() + b"\n", durable=durable)
     atomic_write(run.dir / "summary.md", _markdown(run, summary).encode(), durable=durable)
     return summary
+
+
+def sessions_per_server(records: Iterable[TaskRecord | None]) -> dict[str, int]:
+    """Which servers ran the run and how many sessions each: every attempt's server, as the
+    engine counts them in ``details["servers"]`` (a record from before that counts its last)."""
+    out: dict[str, int] = {}
+    for record in records:
+        if record is None:
+            continue
+        counted = record.details.get("servers")
+        if isinstance(counted, Mapping):
+            for name, n in counted.items():
+                if isinstance(name, str) and isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                    out[name] = out.get(name, 0) + n
+        elif isinstance(record.details.get("server"), str) and record.attempt > 0:
+            name = str(record.details["server"])
+            out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _markdown(run: Run, summary: dict[str, Any]) -> str:

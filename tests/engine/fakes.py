@@ -55,7 +55,8 @@ class FakeSession:
 class FakeOpenCode:
     """The engine's OpenCodePort, in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix  # several fake servers: their session ids must differ, as real ones do
         self.sessions: dict[str, FakeSession] = {}
         self.calls: list[tuple[str, ...]] = []
         self._failures: dict[str, list[BaseException]] = {}
@@ -139,7 +140,9 @@ class FakeOpenCode:
         """A sub-agent's session under ``parent_id`` that answered once."""
         parent = self.sessions[parent_id]
         n = next(self._ids)
-        child = FakeSession(f"ses_{n:04d}", "subagent", parent.directory, created_ms=n, parent=parent_id)
+        child = FakeSession(
+            f"ses_{self.prefix}{n:04d}", "subagent", parent.directory, created_ms=n, parent=parent_id
+        )
         self.sessions[child.id] = child
         self.end_turn(child.id, cost=cost, tokens=tokens)
         return child
@@ -159,7 +162,7 @@ class FakeOpenCode:
     ) -> Session:
         self._enter("create_session", directory, title)
         n = next(self._ids)
-        session = FakeSession(f"ses_{n:04d}", title, directory, created_ms=n)
+        session = FakeSession(f"ses_{self.prefix}{n:04d}", title, directory, created_ms=n)
         self.sessions[session.id] = session
         self._leave("create_session")
         return session.info()

@@ -41,7 +41,7 @@ class Engine:
         self.clock = FakeClock()
         self.client = FakeOpenCode()
         self.servers = servers
-        self.clients = {name: FakeOpenCode() for name in (servers or {})}
+        self.clients = {name: FakeOpenCode(prefix=name) for name in (servers or {})}
         if self.clients:
             self.client = next(iter(self.clients.values()))
         self.spool = Spool(root / "spool", durable=False, clock=self.clock.wall).init()

@@ -76,3 +76,23 @@ def test_a_restarted_watcher_reattaches_each_attempt_on_its_own_server(pooled: E
         assert len(e.clients["big"].calls_of("session_status")) == before, "only small resynced"
 
     pooled.play(scenario)
+
+
+def test_the_summary_and_status_say_which_servers_ran_the_run(pooled: Engine) -> None:
+    from click.testing import CliRunner
+
+    from occoord.cli.main import cli
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(*[task(f"t{i}") for i in range(4)], concurrency=10))
+        for _ in range(4):
+            for name, client in e.clients.items():
+                for session in [s for s in client.sessions.values() if s.busy]:
+                    await e.events([FromServer(name, x) for x in client.end_turn(session.id)])
+        summary = e.summary(run)
+        assert summary is not None and summary["servers"] == {"big": 3, "small": 1}
+        shown = CliRunner().invoke(cli, ["status", "--spool", str(e.spool.root), run])
+        assert "servers: big 3 sessions, small 1 sessions" in shown.output
+
+    pooled.play(scenario)
