@@ -73,6 +73,8 @@ class CoordinatorConfig:
     provider_retries: int = 5  # provider retries in one turn before the turn is stopped (retryable)
     worktree_root: Path | None = None  # where worktree tasks' worktrees go (None: under XDG_DATA_HOME)
     limits: tuple[tuple[str, int], ...] = ()  # --limit PATTERN=N: busy sessions per model, all runs
+    # A server of a pool unreachable this long has its attempts placed elsewhere (None: never).
+    server_timeout: float | None = 600.0
     server_version: str = ""
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
@@ -120,7 +122,7 @@ class Coordinator:
                 agent_permissions=config.agent_permissions,
             ),
         )
-        self.stopper = Stopper(parts, self.settler, config.provider_retries)
+        self.stopper = Stopper(parts, self.settler, config.provider_retries, config.server_timeout)
         self.limits = Limits(self.table, config.limits)
         self.limited: dict[tuple[str, str], str] = {}  # queued tasks a limit holds, and which
         self.router = EventRouter(parts, self.settler, self.stopper)
@@ -285,7 +287,12 @@ class Coordinator:
 
     def next_deadline(self) -> float:
         deadlines = [self._next_rescan, *self._waiting.values()]
-        for extra in (self.intake.next_deadline(), self.table.next_deadline(), self.scheduler.next_due()):
+        for extra in (
+            self.intake.next_deadline(),
+            self.table.next_deadline(),
+            self.scheduler.next_due(),
+            self.stopper.next_deadline(),
+        ):
             if extra is not None:
                 deadlines.append(extra)
         return min(deadlines)

@@ -27,7 +27,9 @@ STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 class Stopper:
-    def __init__(self, parts: Parts, settler: Settler, provider_retries: int) -> None:
+    def __init__(
+        self, parts: Parts, settler: Settler, provider_retries: int, server_timeout: float | None = None
+    ) -> None:
         self.pool = parts.pool
         self.book = parts.book
         self.table = parts.table
@@ -35,10 +37,62 @@ class Stopper:
         self.scheduler = parts.scheduler
         self.settler = settler
         self.provider_retries = provider_retries
+        self.server_timeout = server_timeout
+        self._down_since: dict[str, float] = {}
+        self._moved: set[str] = set()  # servers down past the timeout whose attempts were moved
+        # Sessions of attempts failed while their server was away: aborted when it is back.
+        self.leftovers: dict[str, list[tuple[str, str]]] = {}
 
     def check_timeouts(self, now: float) -> None:
         for expiry in self.table.expired(now):
             self.stop(expiry.attempt, expiry.reason, retryable=expiry.retryable)
+        if self.server_timeout is not None:
+            self._check_servers(now, self.server_timeout)
+
+    def _check_servers(self, now: float, timeout: float) -> None:
+        """A server of a pool unreachable for longer than ``server_timeout``: its attempts fail as
+        retryable, so they are placed on another server. Their sessions cannot be seen stopped
+        while it is away; they are aborted as soon as it is back (``leftovers``)."""
+        for member in self.pool:
+            if member.healthy:
+                self._down_since.pop(member.name, None)
+                self._moved.discard(member.name)
+                for session_id, directory in self.leftovers.pop(member.name, []):
+                    self.scheduler.spawn(self._abort_leftover(member.name, session_id, directory))
+                continue
+            since = self._down_since.setdefault(member.name, now)
+            if len(self.pool) < 2 or now - since < timeout or member.name in self._moved:
+                continue  # with nowhere else to go, waiting for it is the better choice
+            self._moved.add(member.name)  # nothing new goes to a server that is down
+            for attempt in self.table:
+                if attempt.server != member.name or attempt.settling:
+                    continue
+                if attempt.session_id is not None:
+                    self.leftovers.setdefault(member.name, []).append((attempt.session_id, attempt.directory))
+                reason = f"server {member.name} unreachable for {now - since:.0f} s; placed elsewhere"
+                log.warning("%s: %s", attempt.label, reason)
+                attempt.settling = True
+                self.scheduler.spawn(
+                    self.settler.settle(attempt, None, reason, retryable=True, unreachable=True)
+                )
+
+    def next_deadline(self) -> float | None:
+        """When a server seen down would have its attempts placed elsewhere."""
+        if self.server_timeout is None or len(self.pool) < 2:
+            return None
+        due = [
+            since + self.server_timeout for name, since in self._down_since.items() if name not in self._moved
+        ]
+        return min(due) if due else None
+
+    async def _abort_leftover(self, server: str, session_id: str, directory: str) -> None:
+        try:
+            await self.pool.client(server).abort(session_id, directory)
+            log.info(
+                "server %s is back: aborted session %s of an attempt placed elsewhere", server, session_id
+            )
+        except OccoordError as exc:
+            log.warning("server %s: cannot abort the left-over session %s: %s", server, session_id, exc)
 
     def stop(self, attempt: Attempt, reason: str, *, retryable: bool) -> None:
         attempt.settling = True  # at once: the next tick must not stop it again

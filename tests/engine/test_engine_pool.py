@@ -96,3 +96,34 @@ def test_the_summary_and_status_say_which_servers_ran_the_run(pooled: Engine) ->
         assert "servers: big 3 sessions, small 1 sessions" in shown.output
 
     pooled.play(scenario)
+
+
+def test_a_server_away_too_long_has_its_attempts_placed_elsewhere_and_aborted_when_back(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(
+        tmp_path, servers={"a": (5, set()), "b": (5, set())}, max_sessions=10, server_timeout=60.0
+    )
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", retries=0), concurrency=5))
+        first = e.record(run, "t").details["server"]
+        other = "b" if first == "a" else "a"
+        e.co.pool.get(first).healthy = False  # type: ignore[union-attr]
+        await e.advance(1)  # the next tick notices (the service wakes the loop when health changes)
+        await e.advance(58)
+        assert e.record(run, "t").attempt == 1, "not before the timeout"
+        await e.advance(2)
+        await e.advance(e.config.retry_base)
+        record = e.record(run, "t")
+        assert record.attempt == 2 and record.details["server"] == other
+        assert "failures" not in record.details, "not the task's failure"
+        session = next(iter(e.clients[first].sessions.values()))
+        assert session.busy and session.aborted == 0
+        assert e.co.next_deadline() > e.clock.now, "no spin while the server stays away"
+        e.co.pool.get(first).healthy = True  # type: ignore[union-attr]
+        await e.advance(1)
+        assert session.aborted == 1 and not session.busy, "aborted once its server is back"
+
+    engine.play(scenario)
