@@ -223,15 +223,17 @@ def test_model_limits_per_run_and_across_runs_are_never_exceeded(make_engine) ->
     async def scenario(e: Engine) -> None:
         await e.start()
         one = manifest(
-            *[task(f"a{i}", model="anthropic/claude") for i in range(6)],
-            *[task(f"o{i}", model="openai/gpt-5") for i in range(4)],
+            *[task(f"a{i}", model="anthropic/claude") for i in range(40)],
+            *[task(f"o{i}", model="openai/gpt-5") for i in range(10)],
             limits={"openai/gpt-5": 1},
             concurrency=20,
         )
         run = await e.submit(one, "one.json")
         other = await e.submit(manifest(task("b", model="anthropic/haiku"), concurrency=5), "two.json")
-        for _ in range(12):
+        most = 0
+        for _ in range(60):  # 51 tasks, one turn ended per round
             busy = [a for a in e.co.table if a.model.startswith("anthropic/")]
+            most = max(most, len(busy))
             assert len(busy) <= 3, "the watcher's limit holds across runs"
             assert sum(1 for a in e.co.table if a.model == "openai/gpt-5") <= 1, "the run's own limit"
             waiting = json.loads((e.spool.root / "watcher.json").read_text())["waiting"]
@@ -242,6 +244,7 @@ def test_model_limits_per_run_and_across_runs_are_never_exceeded(make_engine) ->
                 break
             await e.events(e.client.end_turn(running[0].session_id or ""))
         assert e.summary(run) is not None and e.summary(other) is not None
+        assert most == 3, "the limit was reached, never passed"
 
     engine.play(scenario)
 
