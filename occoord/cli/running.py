@@ -33,109 +33,48 @@ __all__ = ["run", "simulate", "watch"]
 F = TypeVar("F", bound=Callable[..., Any])
 _SECONDS = click.FloatRange(min=0.001)
 
-_COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [
-    # (option, env, type, default, help)
-    (
-        "--server-password",
-        "OCCOORD_SERVER_PASSWORD",
-        str,
-        None,
-        "Basic-auth password of every --server (default: $OPENCODE_SERVER_PASSWORD).",
-    ),
-    (
-        "--opencode-bin",
-        "OCCOORD_OPENCODE_BIN",
-        str,
-        None,
-        "The opencode binary to spawn (default: `opencode` on PATH).",
-    ),
-    (
-        "--server-log",
-        "OCCOORD_SERVER_LOG",
-        click.Path(dir_okay=False, path_type=Path),
-        None,
-        "Where the spawned server's output goes (default: SPOOL/opencode.log).",
-    ),
-    (
-        "--workdir",
-        "OCCOORD_WORKDIR",
-        click.Path(file_okay=False, exists=True, path_type=Path),
-        None,
-        "Directory for tasks whose manifest names none (default: the current directory).",
-    ),
-    (
-        "--worktree-root",
-        "OCCOORD_WORKTREE_ROOT",
-        click.Path(file_okay=False, path_type=Path),
-        None,
-        "Where worktree tasks' git worktrees go, outside the spool "
-        "(default: $XDG_DATA_HOME/occoord/worktrees).",
-    ),
-    (
-        "--max-sessions",
-        "OCCOORD_MAX_SESSIONS",
-        click.IntRange(min=1),
-        8,
-        "At most this many sessions at once, over all runs.",
-    ),
-    (
-        "--start-timeout",
-        "OCCOORD_START_TIMEOUT",
-        _SECONDS,
-        120.0,
-        "Seconds a prompt may take to start a turn before the attempt is retried.",
-    ),
-    (
-        "--idle-timeout",
-        "OCCOORD_IDLE_TIMEOUT",
-        _SECONDS,
-        900.0,
-        "Seconds a busy session may show no activity before it is aborted and retried.",
-    ),
-    (
-        "--task-timeout",
-        "OCCOORD_TASK_TIMEOUT",
-        _SECONDS,
-        3600.0,
-        "Wall-clock seconds per attempt, unless the manifest sets a task timeout.",
-    ),
-    (
-        "--retry-base",
-        "OCCOORD_RETRY_BASE",
-        click.FloatRange(min=0),
-        5.0,
-        "Backoff before the first retry, doubling each time.",
-    ),
-    (
-        "--rescan-interval",
-        "OCCOORD_RESCAN_INTERVAL",
-        _SECONDS,
-        30.0,
-        "Seconds between safety rescans of the spool (watchdog events can be lost).",
-    ),
-    (
-        "--settle-seconds",
-        "OCCOORD_SETTLE_SECONDS",
-        click.FloatRange(min=0),
-        2.0,
-        "A file in incoming/ unchanged this long counts as completely written.",
-    ),
-    (
-        "--signal-grace",
-        "OCCOORD_SIGNAL_GRACE",
-        click.FloatRange(min=0),
-        30.0,
-        "Seconds a session may stay busy after its task was signalled before it is aborted.",
-    ),
-    (
-        "--provider-retries",
-        "OCCOORD_PROVIDER_RETRIES",
-        click.IntRange(min=0),
-        5,
-        "Provider retries OpenCode may make in one turn (session status 'retry') before occoord stops "
-        "the turn and fails the attempt (retryable) with the provider's message.",
-    ),
+# One option in two or three lines, so that this module stays within 400 lines.
+# fmt: off
+_COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [  # (option, env, type, default, help)
+    ("--server-password", "OCCOORD_SERVER_PASSWORD", str, None,
+     "Basic-auth password of every --server (default: $OPENCODE_SERVER_PASSWORD)."),
+    ("--opencode-bin", "OCCOORD_OPENCODE_BIN", str, None,
+     "The opencode binary to spawn (default: `opencode` on PATH)."),
+    ("--server-log", "OCCOORD_SERVER_LOG", click.Path(dir_okay=False, path_type=Path), None,
+     "Where the spawned server's output goes (default: SPOOL/opencode.log)."),
+    ("--spawn", "OCCOORD_SPAWN", click.IntRange(min=0), None,
+     "Start N local OpenCode servers, each with its own database (spawn-1..N; default 1 unless "
+     "--server/--simulate; 0: --server and server files only)."),
+    ("--recycle-after", "OCCOORD_RECYCLE_AFTER", click.IntRange(min=1), None,
+     "Restart a spawned server (drained first) once this many sessions were placed on it."),
+    ("--recycle-rss", "OCCOORD_RECYCLE_RSS", click.IntRange(min=1), None,
+     "Restart a spawned server (drained first) once its processes use more than this many MB."),
+    ("--workdir", "OCCOORD_WORKDIR", click.Path(file_okay=False, exists=True, path_type=Path), None,
+     "Directory for tasks whose manifest names none (default: the current directory)."),
+    ("--worktree-root", "OCCOORD_WORKTREE_ROOT", click.Path(file_okay=False, path_type=Path), None,
+     "Where worktree tasks' git worktrees go, outside the spool (default: "
+     "$XDG_DATA_HOME/occoord/worktrees)."),
+    ("--max-sessions", "OCCOORD_MAX_SESSIONS", click.IntRange(min=1), 8,
+     "At most this many sessions at once, over all runs."),
+    ("--start-timeout", "OCCOORD_START_TIMEOUT", _SECONDS, 120.0,
+     "Seconds a prompt may take to start a turn before the attempt is retried."),
+    ("--idle-timeout", "OCCOORD_IDLE_TIMEOUT", _SECONDS, 900.0,
+     "Seconds a busy session may show no activity before it is aborted and retried."),
+    ("--task-timeout", "OCCOORD_TASK_TIMEOUT", _SECONDS, 3600.0,
+     "Wall-clock seconds per attempt, unless the manifest sets a task timeout."),
+    ("--retry-base", "OCCOORD_RETRY_BASE", click.FloatRange(min=0), 5.0,
+     "Backoff before the first retry, doubling each time."),
+    ("--rescan-interval", "OCCOORD_RESCAN_INTERVAL", _SECONDS, 30.0,
+     "Seconds between safety rescans of the spool (watchdog events can be lost)."),
+    ("--settle-seconds", "OCCOORD_SETTLE_SECONDS", click.FloatRange(min=0), 2.0,
+     "A file in incoming/ unchanged this long counts as completely written."),
+    ("--signal-grace", "OCCOORD_SIGNAL_GRACE", click.FloatRange(min=0), 30.0,
+     "Seconds a session may stay busy after its task was signalled before it is aborted."),
+    ("--provider-retries", "OCCOORD_PROVIDER_RETRIES", click.IntRange(min=0), 5,
+     "Provider retries OpenCode may make in one turn (session status 'retry') before occoord stops "
+     "the turn and fails the attempt (retryable) with the provider's message."),
 ]
+# fmt: on
 
 
 def coordinator_options(func: F) -> F:
@@ -229,6 +168,9 @@ def build_config(
         binary=opts["opencode_bin"],
         log_path=opts["server_log"] or spool.root / "opencode.log",
         at_exit=at_exit,
+        spawn=opts.get("spawn"),
+        recycle_after=opts.get("recycle_after"),
+        recycle_rss=opts.get("recycle_rss"),
     )
     return config, choice
 

@@ -30,11 +30,13 @@ from typing import Any, Literal
 from occoord.engine.loop import Coordinator, CoordinatorConfig
 from occoord.engine.pool import DEFAULT
 from occoord.engine.servers import SERVERS_DIR, Fleet, Replies, ServerSpec, pump_events
+from occoord.engine.spawned import SpawnedSet, lone_default, spawned_servers, start_or_adopt, supervise
+from occoord.engine.spawned import end_server as _end_server
 from occoord.engine.watcher import Hint, SpoolWatcher
-from occoord.errors import ConfigError, OccoordError, ServerUnavailable
+from occoord.errors import ConfigError, ServerUnavailable
 from occoord.fsutil import atomic_write
 from occoord.opencode.client import OpenCodeClient
-from occoord.opencode.server import OpenCodeServer, ServerRecord
+from occoord.opencode.server import OpenCodeServer
 from occoord.sim.simulator import Simulator
 from occoord.spool.layout import Spool
 
@@ -64,6 +66,9 @@ class ServerChoice:
     binary: str | None = None
     log_path: Path | None = None
     at_exit: AtExit = "keep"
+    spawn: int | None = None  # --spawn N (None: 1 when nothing else gives a server); see spawned.py
+    recycle_after: int | None = None
+    recycle_rss: int | None = None
 
 
 class SpoolLock:
@@ -167,69 +172,6 @@ async def opencode_backend(
             await simulator.astop()
 
 
-async def _end_server(
-    server: OpenCodeServer, state_file: Path | None, stop_at_exit: Callable[[], bool] | None
-) -> None:
-    """Release the spawned server (its record stays for the next coordinator) or stop it."""
-    stopping = state_file is None
-    if not stopping and stop_at_exit is not None:
-        try:
-            stopping = stop_at_exit()
-        except OSError as exc:  # when in doubt keep it: a needless server costs less than lost turns
-            log.error("cannot tell whether the OpenCode server is still needed (%s); leaving it running", exc)
-    if stopping:
-        await server.stop()
-        if state_file is not None:
-            state_file.unlink(missing_ok=True)
-        return
-    kept = await server.release()
-    if kept is None:
-        assert state_file is not None
-        state_file.unlink(missing_ok=True)  # it had died: nothing to find again
-        return
-    log.warning(
-        "leaving the OpenCode server running (pid %s at %s) for the next coordinator; it is recorded "
-        "in %s (`occoord watch --stop-server` stops it at exit)",
-        kept.pid,
-        kept.url,
-        state_file,
-    )
-
-
-async def supervise(server: Any, client: Any, state_file: Path | None, retry_delay: float = 5.0) -> None:
-    """Restart the spawned server whenever it dies and point the client at it. The event stream
-    then reconnects and the coordinator resyncs: turns lost with the old process are retried."""
-    while True:
-        await server.wait_exit()
-        log.error("the OpenCode server (pid %s) died; restarting it", server.pid)
-        try:
-            await server.ensure_running()
-        except OccoordError as exc:
-            log.error("could not restart the OpenCode server: %s; trying again in %.0f s", exc, retry_delay)
-            await asyncio.sleep(retry_delay)
-            continue
-        client.retarget(server.url)
-        if state_file is not None:
-            atomic_write(state_file, server.record().to_bytes())
-        log.warning("the OpenCode server runs again at %s (restart %d)", server.url, server.restarts)
-
-
-async def start_or_adopt(server: Any, state_file: Path | None) -> None:
-    """Re-use the server recorded in ``state_file`` if it still runs and fits, else start ``server``;
-    then record it there (before any session exists on it)."""
-    if state_file is None:
-        await server.start()
-        return
-    try:
-        previous = ServerRecord.from_bytes(state_file.read_bytes())
-    except FileNotFoundError:
-        previous = None
-    if previous is None or not await server.adopt(previous):
-        state_file.unlink(missing_ok=True)  # stale: that server is gone (or was just stopped)
-        await server.start()
-    atomic_write(state_file, server.record().to_bytes())
-
-
 async def serve(
     spool: Spool,
     config: CoordinatorConfig,
@@ -250,10 +192,17 @@ async def serve(
     stopping.cancel()
     try:
         state_file = spool.root / SERVER_FILE
-        async with _first_backend(choice, config.workdir, state_file, spool) as first:
+
+        def at_exit() -> bool:
+            return _stop_server(choice, spool)
+
+        async with (
+            _first_backend(choice, config.workdir, state_file, spool) as first,
+            spawned_servers(choice, spool.root, config.workdir, SERVER_FILE, at_exit) as group,
+        ):
             fleet = Fleet(spool.root / SERVERS_DIR)
             try:
-                config = replace(config, server_version=await _gather(fleet, choice, first))
+                config = replace(config, server_version=await _gather(fleet, choice, first, group))
                 coordinator = Coordinator(spool, fleet.pool, config)
                 loop = asyncio.get_running_loop()
 
@@ -266,6 +215,7 @@ async def serve(
                 watcher.start()
                 fleet.start(coordinator.post, coordinator.table.running_on)
                 keeper = asyncio.ensure_future(fleet.maintain(stop, config.rescan_interval))
+                spawned = asyncio.ensure_future(group.keep(fleet, stop)) if group else None
                 guard = asyncio.ensure_future(_guard(watcher, coordinator, stop, fleet))
                 try:
                     if on_ready is not None:
@@ -274,6 +224,9 @@ async def serve(
                 finally:
                     keeper.cancel()
                     guard.cancel()
+                    if spawned is not None:
+                        spawned.cancel()
+                        await asyncio.wait({spawned})
                     watcher.stop()
                 return coordinator
             finally:
@@ -287,8 +240,8 @@ async def _first_backend(
     choice: ServerChoice, workdir: Path, state_file: Path, spool: Spool
 ) -> AsyncIterator[tuple[Any, str] | None]:
     """The single server as before pools (attached, simulated or spawned; it must answer at
-    start), or None when several are attached (each joins the fleet on its own)."""
-    if len(choice.servers) > 1:
+    start), or None when several are attached or spawned (each joins the fleet on its own)."""
+    if len(choice.servers) > 1 or not (choice.url or choice.simulate or lone_default(choice)):
         yield None
         return
     async with opencode_backend(
@@ -297,19 +250,27 @@ async def _first_backend(
         yield found
 
 
-async def _gather(fleet: Fleet, choice: ServerChoice, first: tuple[Any, str] | None) -> str:
-    """Fill the fleet: the single server or the attached ones, then the server files. The version
-    the records keep (server_version): the first server's that answered."""
+async def _gather(
+    fleet: Fleet, choice: ServerChoice, first: tuple[Any, str] | None, group: SpawnedSet | None
+) -> str:
+    """Fill the fleet: the single server or the attached ones, the spawned ones, then the server
+    files. The version the records keep (server_version): the first server's that answered."""
     if first is not None:
         client, version = first
         fleet.adopt(choice.name, client, version)
-    else:
-        for name, url in choice.servers:
-            await fleet.add(ServerSpec(name, url, password=choice.password), from_file=False)
-        if not any(member.healthy for member in fleet.pool):
-            urls = ", ".join(url for _, url in choice.servers)
-            raise ServerUnavailable(urls, "none of the --server URLs can be reached")
+    if group is not None:
+        group.join(fleet)
+    for name, url in choice.servers:
+        await fleet.add(ServerSpec(name, url, password=choice.password), from_file=False)
+    if choice.servers and group is None and not any(member.healthy for member in fleet.pool):
+        urls = ", ".join(url for _, url in choice.servers)
+        raise ServerUnavailable(urls, "none of the --server URLs can be reached")
     await fleet.sync_files()
+    if not len(fleet.pool):
+        raise ConfigError(
+            "--spawn",
+            "0 servers to spawn and none given: use --server, --simulate or SPOOL/servers/NAME.json",
+        )
     return next((m.version for m in fleet.pool if m.healthy and m.version), "")
 
 
