@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2ekit import FAST, drop, manifest, record, states, summary, task, the_run
+from e2ekit import FAST, drop, manifest, max_concurrent_pending, record, states, summary, task, the_run
 from support.processes import Proc, kill_group, occoord_argv, proc_stat, wait_for, watch_argv
 
 from occoord.opencode.server import ServerRecord, process_token
@@ -212,10 +212,15 @@ def test_two_real_spawned_servers_run_sessions_at_once_without_locking(tmp_path:
         assert verdict["ok"] is True, states(run_dir)
         used = {record(run_dir, f"t{i}")["details"]["server"] for i in range(count)}
         assert used == set(NAMES), used
+        assert max_concurrent_pending([run_dir]) >= 2, "sessions ran at once"
         for name in NAMES:
             assert (world.spool / "servers" / f"{name}.db").exists(), "each server has its own database"
             log = (world.spool / "servers" / f"{name}.log").read_text(errors="replace")
             assert "database is locked" not in log and "SQLITE_BUSY" not in log, log[-3000:]
+        # OpenCode's own log (shared by both: it lives with the data they share).
+        own = [p.read_text(errors="replace") for p in (tmp_path / "opencode-home").rglob("log/*.log")]
+        assert own, "OpenCode wrote its log"
+        assert not any("database is locked" in text or "SQLITE_BUSY" in text for text in own)
         assert watcher.stop(timeout=60) == 0, watcher.output()
         assert not any(alive(r) for r in recs.values())
     finally:

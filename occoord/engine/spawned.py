@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -184,6 +185,9 @@ class SpawnedSet:
         """Adopt each one's recorded server or start it (all at once: each takes seconds)."""
         for each in self.members:
             each.slot.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            database = each.slot.env.get(DB_ENV)
+            if database:  # the sessions' transcripts: 0600, and SQLite gives its -wal/-shm the same
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         # Every start ends before any failure is raised: aclose() must not race one still going.
         results = await asyncio.gather(*(self._start(each) for each in self.members), return_exceptions=True)
         for result in results:
