@@ -178,6 +178,32 @@ def test_recycling_after_k_sessions_loses_no_task(fake: World) -> None:
     assert not any(alive(r) for r in after.values())
 
 
+def test_one_server_recycled_by_rss_stays_the_default_member(fake: World) -> None:
+    """No --spawn: the lone server of before pools (member default, SPOOL/server.json, the user's
+    database), recycled here because any process is above 1 MB."""
+    watcher = fake.watch("watch", "--recycle-rss", "1")
+    record_file = fake.spool / "server.json"
+    before = ServerRecord.from_bytes(record_file.read_bytes())
+    assert before is not None and fake.records() == {}
+    fake.seen[before.pid] = before.started
+    assert "OPENCODE_DB" not in started_env(fake.tmp / "envs", before.pid)
+    count = 6
+    tasks = [task(f"t{i}", "[sim: work 0.5]") for i in range(count)]
+    drop(fake.spool, "rss.json", manifest(*tasks, concurrency=1))
+    run_dir = the_run(fake.spool)
+    assert summary(run_dir, timeout=120)["ok"] is True, watcher.output()[-3000:]
+    assert {record(run_dir, f"t{i}")["details"]["server"] for i in range(count)} == {"default"}
+    assert all(record(run_dir, f"t{i}")["attempt"] == 1 for i in range(count))
+    assert watcher.wait_output("MB resident (--recycle-rss 1)", timeout=30)
+    assert watcher.wait_output("server default recycled: pid", timeout=30)
+    after = wait_for(
+        lambda: (r := ServerRecord.from_bytes(record_file.read_bytes())) and r.url and r, timeout=30
+    )
+    fake.seen.setdefault(after.pid, after.started)
+    assert after.pid != before.pid
+    assert watcher.stop(timeout=30) == 0, watcher.output()
+
+
 def test_spawn_zero_without_servers_is_an_error(fake: World) -> None:
     fake.spool.mkdir()
     argv = occoord_argv("watch", "--spool", str(fake.spool), "--workdir", str(fake.workdir), "--spawn", "0")
