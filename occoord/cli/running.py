@@ -41,7 +41,8 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [  # (option, env, 
     ("--opencode-bin", "OCCOORD_OPENCODE_BIN", str, None,
      "The opencode binary to spawn (default: `opencode` on PATH)."),
     ("--server-log", "OCCOORD_SERVER_LOG", click.Path(dir_okay=False, path_type=Path), None,
-     "Where the spawned server's output goes (default: SPOOL/opencode.log)."),
+     "Where the spawned server's output goes (default: SPOOL/opencode.log; each of --spawn N: "
+     "SPOOL/servers/spawn-K.log)."),
     ("--spawn", "OCCOORD_SPAWN", click.IntRange(min=0), None,
      "Start N local OpenCode servers, each with its own database (spawn-1..N; default 1 unless "
      "--server/--simulate; 0: --server and server files only)."),
@@ -209,6 +210,7 @@ def watch(spool_dir: Path, stop_server: bool, **opts: Any) -> None:
     An OpenCode server that `watch` spawns keeps running when it exits, after SIGTERM as after a
     crash, with its sessions and their turns; it is recorded in SPOOL/server.json and the next
     `watch` re-uses it, so a restart loses and fails nothing. --stop-server stops it at exit instead.
+    The same holds for each server of --spawn N, recorded in SPOOL/servers/spawn-K.state.
     `kill -USR1 PID` prints what the watcher is waiting on (to stderr).
     """
     from occoord.engine.service import serve
