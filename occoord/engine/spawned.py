@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DB_ENV = "OPENCODE_DB"  # moves only the database: config, credentials and auth stay shared
 RECYCLE_POLL = 1.0  # seconds between looks at each spawned server's sessions and RSS
+RESTART_RETRY = 5.0  # seconds between tries to start a recycled server that would not start
 
 
 class Choice(Protocol):
@@ -213,6 +214,14 @@ class SpawnedSet:
             return
         await asyncio.gather(*(self._recycle_loop(each, fleet, stop) for each in self.members))
 
+    async def _restart(self, each: _Spawned) -> bool:
+        try:
+            await each.server.start()
+        except OccoordError as exc:
+            log.error("server %s: cannot start it again (%s); retrying", each.slot.name, exc)
+            return False
+        return True
+
     def _supervise(self, each: _Spawned) -> asyncio.Task[None]:
         return asyncio.create_task(supervise(each.server, each.client, each.slot.state_file))
 
@@ -228,8 +237,8 @@ class SpawnedSet:
             try:
                 async with self._one_at_a_time:
                     await self.recycle(each, member, fleet, stop, why)
-            except OccoordError as exc:  # the supervisor goes on trying to start it
-                log.error("server %s: recycling failed: %s", each.slot.name, exc)
+            except Exception:  # a bug here must not end the supervision of every server
+                log.exception("server %s: recycling failed", each.slot.name)
 
     async def recycle(
         self, each: _Spawned, member: Member, fleet: Fleet, stop: asyncio.Event, why: str
@@ -248,16 +257,18 @@ class SpawnedSet:
             each.supervisor.cancel()
             await asyncio.wait({each.supervisor})
         old = each.server.pid
-        try:
-            await each.server.stop()
-            await each.server.start()
-        finally:
-            each.supervisor = self._supervise(each)
+        await each.server.stop()
+        # Out of the pool until it runs again: keep trying (as the supervisor would).
+        while not await self._restart(each):
+            if stop.is_set():
+                return  # not running: the exit forgets its record
+            await asyncio.sleep(RESTART_RETRY)
+        each.supervisor = self._supervise(each)
         assert each.client is not None
         each.client.retarget(each.server.url)
-        atomic_write(each.slot.state_file, each.server.record().to_bytes())
         fleet.adopt(name, each.client, each.server.version)
         fleet.wake()
+        atomic_write(each.slot.state_file, each.server.record().to_bytes())
         log.warning("server %s recycled: pid %s -> %s at %s", name, old, each.server.pid, each.server.url)
 
     async def aclose(self, stop_at_exit: Callable[[], bool] | None) -> None:
