@@ -69,7 +69,8 @@ def attach(
     if record is None or record.session_id is None:
         state = record.state.value if record else "between states"
         raise click.ClickException(f"task {task} has no session yet ({state})")
-    address = find_server(spool, server, server_password)
+    recorded = record.details.get("server")
+    address = find_server(spool, server, server_password, recorded if isinstance(recorded, str) else None)
     if address is None:
         raise click.ClickException(
             "no OpenCode server known: pass --server URL (and --server-password) of the watcher's server"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import termios
@@ -86,12 +87,19 @@ def server_options(func: F) -> F:
     )(func)
 
 
-def find_server(spool: Spool, url: str | None, password: str | None) -> ServerAddress | None:
-    """The server of the spool's sessions: the one given (``--server``), else the one the watcher
+def find_server(
+    spool: Spool, url: str | None, password: str | None, name: str | None = None
+) -> ServerAddress | None:
+    """The server of the spool's sessions: the one given (``--server``); else, for a task's
+    recorded server ``name`` in a pool, that one (docs/SCALING.md); else the one the watcher
     spawned and recorded in SPOOL/server.json while it still runs, else the one a running watcher
     names in SPOOL/watcher.json (an attached server or the simulator); None when none is known."""
     if url:
         return ServerAddress(url, password or os.environ.get("OPENCODE_SERVER_PASSWORD") or None, "--server")
+    if name and name != "default":
+        member = _pool_member(spool, name, password)
+        if member is not None:
+            return member
     path = spool.root / SERVER_FILE
     try:
         record = ServerRecord.from_bytes(path.read_bytes())
@@ -174,3 +182,34 @@ def quit_keys(loop: asyncio.AbstractEventLoop, quit_: asyncio.Event) -> Iterator
     finally:
         loop.remove_reader(fd)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _pool_member(spool: Spool, name: str, password: str | None) -> ServerAddress | None:
+    """Server ``name`` of a pool: spawned (SPOOL/servers/NAME.state, with its password), declared
+    (SPOOL/servers/NAME.json, its password_file), or attached (--server; the watcher names its URL)."""
+    folder = spool.root / "servers"
+    state = folder / f"{name}.state"
+    try:
+        record = ServerRecord.from_bytes(state.read_bytes())
+    except OSError:
+        record = None
+    if record is not None and running(record.pid):
+        return ServerAddress(record.url, record.password or None, str(state))
+    secret = password or os.environ.get("OPENCODE_SERVER_PASSWORD") or None
+    try:
+        declared = json.loads((folder / f"{name}.json").read_bytes())
+    except (OSError, ValueError):
+        declared = None
+    if isinstance(declared, dict) and isinstance(declared.get("url"), str):
+        password_file = declared.get("password_file")
+        if isinstance(password_file, str):
+            try:
+                secret = Path(password_file).read_text().strip() or secret
+            except OSError:
+                pass
+        return ServerAddress(declared["url"], secret, str(folder / f"{name}.json"))
+    report = watcher_report(spool) or {}
+    for server in report.get("servers") or []:
+        if isinstance(server, dict) and server.get("name") == name and isinstance(server.get("url"), str):
+            return ServerAddress(server["url"], secret, str(spool.root / "watcher.json"))
+    return None

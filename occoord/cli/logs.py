@@ -171,7 +171,7 @@ def logs(
     spool = open_spool(spool_dir, create=False)
     run = spool.run(resolve_run(spool, run_ref))
     record = _record(run, task)
-    address = find_server(spool, server, server_password)
+    address = find_server(spool, server, server_password, _server_of(record))
     if address is None:
         _fallback(run, task, record, "no OpenCode server known (pass --server URL)")
         return
@@ -182,3 +182,9 @@ def logs(
         asyncio.run(_show(address, run, task, record, workdir, follow))
     except OccoordError as exc:
         raise click.ClickException(f"cannot read the transcript from {address.url}: {exc}") from exc
+
+
+def _server_of(record: TaskRecord) -> str | None:
+    """The pool server the task's attempt runs on (as the engine recorded it)."""
+    name = record.details.get("server")
+    return name if isinstance(name, str) else None

@@ -74,6 +74,9 @@ _COORDINATOR_OPTIONS: list[tuple[str, str, Any, Any, str]] = [  # (option, env, 
     ("--provider-retries", "OCCOORD_PROVIDER_RETRIES", click.IntRange(min=0), 5,
      "Provider retries OpenCode may make in one turn (session status 'retry') before occoord stops "
      "the turn and fails the attempt (retryable) with the provider's message."),
+    ("--server-timeout", "OCCOORD_SERVER_TIMEOUT", _SECONDS, 600.0,
+     "With several servers: a server unreachable this long has its running tasks placed on another "
+     "(retryable; their old sessions are aborted once it is back)."),
 ]
 # fmt: on
 
@@ -151,6 +154,7 @@ def build_config(
         provider_retries=opts["provider_retries"],
         worktree_root=opts["worktree_root"].resolve() if opts["worktree_root"] else None,
         limits=parse_limits(opts.get("limits") or ()),
+        server_timeout=opts["server_timeout"],
     )
     check_config(config)
     if config.worktree_root is not None and config.worktree_root.is_relative_to(spool.root):
