@@ -13,11 +13,12 @@ import logging
 from occoord.engine.attempts import Attempt
 from occoord.engine.book import RunBook
 from occoord.engine.pool import ServerPool
-from occoord.errors import OccoordError
+from occoord.errors import ApiError, OccoordError
 from occoord.fsutil import atomic_write
+from occoord.opencode.models import Message
 from occoord.opencode.outcome import TurnOutcome, classify
 from occoord.opencode.transcript import fetch_transcript
-from occoord.opencode.usage import Usage, usage_of
+from occoord.opencode.usage import Usage, usage_of, usage_with_children
 from occoord.spool.summary import write_summary
 
 __all__ = ["ResultKeeper"]
@@ -73,6 +74,28 @@ class ResultKeeper:
                 atomic_write(run_dir / "results" / f"{attempt.task}.log", data, durable=False)
         except (OccoordError, OSError) as exc:  # the outcome matters more than its log
             log.info("%s: no transcript kept: %s", attempt.label, exc)
+
+    async def read_turn(self, attempt: Attempt) -> tuple[list[Message], Usage | None]:
+        """The session's messages, read once for both its outcome and what it cost (sub-agents'
+        sessions are read only if it ran any). Raises the client's errors for the messages."""
+        assert attempt.session_id is not None
+        client = self.pool.client(attempt.server)
+        path = f"/session/{attempt.session_id}/message"
+        raw = await client.get_json(path, attempt.directory)
+        if not isinstance(raw, list):
+            raise ApiError("GET", path, 200, "BadResponse", "expected a list of messages")
+        try:
+            messages = [Message.from_api(item) for item in raw]
+        except ValueError as exc:  # as the client maps a malformed answer
+            raise ApiError("GET", path, 200, "BadResponse", str(exc)) from exc
+        try:
+            usage: Usage | None = await usage_with_children(
+                client, attempt.session_id, attempt.directory, raw
+            )
+        except OccoordError as exc:
+            log.info("%s: no usage figures: %s", attempt.label, exc)
+            usage = None
+        return messages, usage
 
     async def usage(self, attempt: Attempt) -> Usage | None:
         """What the attempt's turn cost, sub-agents included; None if the server cannot say."""

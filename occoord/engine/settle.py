@@ -60,7 +60,7 @@ class Settler:
         attempt.settling = True
         attempt.rereading = False
         try:
-            messages = await self.pool.client(attempt.server).messages(attempt.session_id, attempt.directory)
+            messages, usage = await self.results.read_turn(attempt)
         except OccoordError as exc:
             if isinstance(exc, ApiError) and exc.not_found:
                 self.session_gone(attempt)
@@ -90,7 +90,6 @@ class Settler:
                 self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
             )
             return
-        usage = await self.results.usage(attempt)
         if outcome.kind != "done":
             await self.results.write_log(attempt)
         if attempt.cancel_reason:

@@ -18,7 +18,15 @@ from typing import Any, Protocol
 
 from occoord.errors import ApiError
 
-__all__ = ["MAX_SESSIONS", "JsonReader", "Usage", "usage_from_messages", "usage_of"]
+__all__ = [
+    "MAX_SESSIONS",
+    "JsonReader",
+    "Usage",
+    "ran_subagents",
+    "usage_from_messages",
+    "usage_of",
+    "usage_with_children",
+]
 
 # A bound on the sessions one task may fan out to: a cycle or a runaway sub-agent tree must not
 # keep a caller requesting for ever.
@@ -150,6 +158,34 @@ def _child_ids(raw: object) -> Iterable[str]:
         sid = _map(item).get("id")
         if isinstance(sid, str):
             yield sid
+
+
+def ran_subagents(raw: object) -> bool:
+    """Whether a session's messages hold a ``task`` tool call: a sub-agent ran in a child session
+    (only then is ``/session/{id}/children`` worth asking)."""
+    for message in raw if isinstance(raw, list) else []:
+        parts = _map(message).get("parts")
+        for part in parts if isinstance(parts, list) else []:
+            part = _map(part)
+            if part.get("type") == "tool" and part.get("tool") == "task":
+                return True
+    return False
+
+
+async def usage_with_children(client: JsonReader, session_id: str, directory: str, raw: object) -> Usage:
+    """The usage of a session whose messages (``raw``) were read already, plus its sub-agents'
+    sessions (read only if it ran any)."""
+    total = usage_from_messages(raw)
+    if not ran_subagents(raw):
+        return total
+    children = await client.get_json(f"/session/{session_id}/children", directory)
+    for child in _child_ids(children):
+        try:
+            total += await usage_of(client, child, directory)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+    return total
 
 
 async def usage_of(client: JsonReader, session_id: str, directory: str) -> Usage:

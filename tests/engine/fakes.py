@@ -62,6 +62,8 @@ class FakeOpenCode:
         self._failures: dict[str, list[BaseException]] = {}
         self._lost: dict[str, list[BaseException]] = {}
         self.usage: dict[str, dict[str, object]] = {}  # message id -> its cost and tokens
+        self.subagent_calls: set[str] = set()  # assistant messages whose turn ran a sub-agent
+        self.pending_subagent: set[str] = set()  # sessions whose running turn started a sub-agent
         self._ids = itertools.count(1)
         # Called after a prompt is taken; a test may end the turn at once, for instance.
         self.on_prompt: Callable[[FakeSession, str], None] | None = None
@@ -129,6 +131,9 @@ class FakeOpenCode:
         finish = None if error else "stop"
         message = self._message(session, "assistant", text=text, error=error, finish=finish, completed_ms=1)
         session.messages.append(message)
+        if session_id in self.pending_subagent:
+            self.pending_subagent.discard(session_id)
+            self.subagent_calls.add(message.id)
         if cost or tokens:
             self.usage[message.id] = {"cost": cost, "tokens": tokens or {}}
         return [
@@ -145,6 +150,7 @@ class FakeOpenCode:
         )
         self.sessions[child.id] = child
         self.end_turn(child.id, cost=cost, tokens=tokens)
+        self.pending_subagent.add(parent_id)
         return child
 
     def session_of(self, title_prefix: str) -> FakeSession:
@@ -211,8 +217,10 @@ class FakeOpenCode:
     async def get_json(
         self, path: str, directory: str | None = None, params: Mapping[str, str | int] | None = None
     ) -> object:
-        """The raw answers usage_of reads: a session's messages (with cost and tokens) and children."""
-        self._enter("get_json", path)
+        """The raw answers the engine reads: a session's messages (with cost and tokens, and the
+        ``task`` tool call of a sub-agent) and its children. Reading messages fails as scripted
+        for ``messages`` (``fail_next("messages", ...)``): it is the same read."""
+        self._enter("messages" if path.endswith("/message") else "get_json", path)
         parts = path.strip("/").split("/")
         session = self.sessions.get(parts[1]) if len(parts) == 3 and parts[0] == "session" else None
         if session is None:
@@ -228,11 +236,26 @@ class FakeOpenCode:
                 "sessionID": m.session_id,
                 "role": m.role,
                 "finish": m.finish,
+                "time": {
+                    "created": m.created_ms,
+                    **({"completed": m.completed_ms} if m.completed_ms else {}),
+                },
             }
             info.update(self.usage.get(m.id, {}))
             if m.error is not None:
-                info["error"] = {"name": m.error.name, "data": {"message": m.error.message}}
-            parts = [{"type": "text", "id": f"prt_{m.id}", "text": m.text}] if m.text else []
+                data: dict[str, object] = {"message": m.error.message}
+                if m.error.retryable is not None:
+                    data["isRetryable"] = m.error.retryable
+                if m.error.status_code is not None:
+                    data["statusCode"] = m.error.status_code
+                info["error"] = {"name": m.error.name, "data": data}
+            parts: list[dict[str, object]] = []
+            if m.text:
+                parts.append({"type": "text", "id": f"prt_{m.id}", "text": m.text})
+            if m.id in self.subagent_calls:  # a sub-agent ran: OpenCode shows a `task` tool call
+                parts.append(
+                    {"type": "tool", "tool": "task", "id": f"prt_t{m.id}", "state": {"status": "completed"}}
+                )
             raw.append({"info": info, "parts": parts})
         return raw
 
