@@ -16,8 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -32,6 +36,20 @@ from occoord.spool.names import is_ignored_incoming, parse_run_id, parse_state
 __all__ = ["Hint", "SpoolWatcher", "classify"]
 
 log = logging.getLogger(__name__)
+
+
+# The events a hint can come from. Leaving out opens, reads (close-no-write) and modifications
+# keeps them out of the kernel's inotify mask: every record occoord reads and every block it
+# writes would otherwise wake the observer thread (a `cp` still ends with a close-write).
+WATCHED = (
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,9 @@ class SpoolWatcher:
             observer = InotifyObserver(generate_full_events=True)
         else:
             observer = Observer()
-        observer.schedule(_Handler(self.root, self.sink), str(self.root), recursive=True)
+        observer.schedule(
+            _Handler(self.root, self.sink), str(self.root), recursive=True, event_filter=list(WATCHED)
+        )
         observer.daemon = True
         observer.start()
         self._observer = observer
