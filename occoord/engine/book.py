@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -206,7 +206,7 @@ class RunBook:
             details={**record.details, key: tries},
         )
         if moved is not None:
-            self.scheduler.call_at(self.clock.monotonic() + delay, _nothing)  # wake to dispatch it
+            self.scheduler.wake_at(self.clock.monotonic() + delay)  # to dispatch it then
 
     def not_before(self, record: TaskRecord) -> float | None:
         """Monotonic time before which a queued task must wait, or None if it may start now."""
@@ -256,11 +256,3 @@ class RunBook:
             facts = run_facts(self.spool.root, active.run.dir, ok=bool(summary["ok"]))
             self.scheduler.spawn(run_hook(hook, facts, timeout=self.settings.hook_timeout))
         self.listener.run_finished(active.id)
-
-
-def _nothing() -> None:
-    """A timer that only wakes the loop (the next tick dispatches what became ready)."""
-
-
-def with_details(record: TaskRecord, details: dict[str, Any]) -> TaskRecord:
-    return replace(record, details=details)

@@ -13,7 +13,7 @@ from pathlib import Path
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt
 from occoord.engine.limits import model_of
-from occoord.engine.parts import Parts
+from occoord.engine.parts import Component, Parts
 from occoord.engine.prompting import build_prompt, session_title
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
@@ -61,15 +61,11 @@ class DispatchSettings:
     agent_permissions: bool = True  # let agents signal through the spool without an ask
 
 
-class Dispatcher:
+class Dispatcher(Component):
     def __init__(
         self, parts: Parts, settler: Settler, workspaces: Workspaces, settings: DispatchSettings
     ) -> None:
-        self.pool = parts.pool
-        self.book = parts.book
-        self.table = parts.table
-        self.clock = parts.clock
-        self.scheduler = parts.scheduler
+        super().__init__(parts)
         self.settler = settler
         self.workspaces = workspaces
         self.settings = settings
@@ -113,6 +109,9 @@ class Dispatcher:
             "server_version": self._version(server),
             "server": server,
             "servers": _count(record.details.get("servers"), server),  # sessions per server, all attempts
+            # Every call about the session is scoped to it (top, logs, attach read it too); a
+            # worktree task's is set once its worktree is ready.
+            "directory": self.directory_for(active, task),
         }
         moved = self.book.move(
             active,
@@ -200,11 +199,9 @@ class Dispatcher:
                 log.warning(
                     "%s: no answer from the server (looking again in %.1f s): %s", attempt.label, delay, exc
                 )
-                self.scheduler.call_at(
+                self.scheduler.spawn_at(
                     self.clock.monotonic() + delay,
-                    lambda: self.scheduler.spawn(
-                        self.start(active, attempt, find_existing=True, tries=tries + 1)
-                    ),
+                    lambda: self.start(active, attempt, find_existing=True, tries=tries + 1),
                 )
                 return
             # Never sent (no connection), or answered with a 5xx: nothing started on the server.
@@ -255,12 +252,7 @@ class Dispatcher:
         # Not fsynced, and a failure is only logged: after a crash the session is found again by
         # its title, so the record is a shortcut, not the truth.
         try:
-            record = active.run.tasks.read(attempt.task)
-            # The directory too: every call about the session is scoped to it (top, logs, attach).
-            details = {**(record.details if record else {}), "directory": attempt.directory}
-            active.run.tasks.update(
-                attempt.task, TaskState.PENDING, durable=False, session_id=session_id, details=details
-            )
+            active.run.tasks.update(attempt.task, TaskState.PENDING, durable=False, session_id=session_id)
         except (OccoordError, OSError) as exc:
             log.warning("%s: cannot record session %s: %s", attempt.label, session_id, exc)
 
@@ -281,9 +273,9 @@ class Dispatcher:
                 log.warning(
                     "%s: cannot find the worktree yet (again in %.1f s): %s", attempt.label, delay, exc
                 )
-                self.scheduler.call_at(
+                self.scheduler.spawn_at(
                     self.clock.monotonic() + delay,
-                    lambda: self.scheduler.spawn(self.reattach(active, record, attempt, tries + 1)),
+                    lambda: self.reattach(active, record, attempt, tries + 1),
                 )
                 return
         if record.session_id is None:
@@ -299,12 +291,11 @@ class Dispatcher:
             else:
                 delay = REATTACH_BACKOFF.delay(tries + 1)
                 log.warning("%s: cannot re-attach yet (again in %.1f s): %s", attempt.label, delay, exc)
-                attempt.last_activity = (
-                    self.clock.monotonic()
-                )  # waiting on the server is not the turn's fault
-                self.scheduler.call_at(
+                # Waiting on the server is not the turn's fault.
+                attempt.last_activity = self.clock.monotonic()
+                self.scheduler.spawn_at(
                     self.clock.monotonic() + delay,
-                    lambda: self.scheduler.spawn(self.reattach(active, record, attempt, tries + 1)),
+                    lambda: self.reattach(active, record, attempt, tries + 1),
                 )
                 return
         if session is None:

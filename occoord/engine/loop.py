@@ -333,7 +333,7 @@ class Coordinator:
                 free -= self._dispatch_ready(active, free, now)
             except Locked as exc:
                 log.info("%s: %s; again in %.1f s", active.id, exc, LOCKED_AGAIN)
-                self.scheduler.call_at(now + LOCKED_AGAIN, _wake)
+                self.scheduler.wake_at(now + LOCKED_AGAIN)
             if free <= 0:
                 return
 
@@ -369,7 +369,3 @@ class Coordinator:
             if self.dispatcher.dispatch(active, record, member.name):
                 started += 1
         return started
-
-
-def _wake() -> None:
-    """A timer that only wakes the loop."""

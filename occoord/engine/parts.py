@@ -10,7 +10,7 @@ from occoord.engine.book import RunBook
 from occoord.engine.pool import ServerPool
 from occoord.engine.ports import Clock, Scheduler
 
-__all__ = ["Parts"]
+__all__ = ["Component", "Parts"]
 
 
 @dataclass(frozen=True)
@@ -20,3 +20,14 @@ class Parts:
     table: AttemptTable
     clock: Clock
     scheduler: Scheduler
+
+
+class Component:
+    """A part of the engine: it reaches the shared pieces as ``self.pool``, ``self.book`` and so on."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.pool = parts.pool
+        self.book = parts.book
+        self.table = parts.table
+        self.clock = parts.clock
+        self.scheduler = parts.scheduler

@@ -78,6 +78,8 @@ class Scheduler(Protocol):
 
     def spawn(self, job: Job) -> None: ...
     def call_at(self, when: float, callback: Callable[[], None]) -> None: ...
+    def spawn_at(self, when: float, make: Callable[[], Job]) -> None: ...
+    def wake_at(self, when: float) -> None: ...
     def next_due(self) -> float | None: ...
     def run_due(self, now: float) -> None: ...
 
@@ -106,6 +108,15 @@ class JobScheduler:
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), callback))
 
+    def spawn_at(self, when: float, make: Callable[[], Job]) -> None:
+        """A job started when due; ``make`` builds it then, so no coroutine is left unawaited if
+        the engine stops first."""
+        self.call_at(when, lambda: self.spawn(make()))
+
+    def wake_at(self, when: float) -> None:
+        """A timer that only wakes the loop (the tick after it dispatches what became ready)."""
+        self.call_at(when, _nothing)
+
     def next_due(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
@@ -129,3 +140,7 @@ class JobScheduler:
     def cancel_all(self) -> None:
         for task in list(self._jobs):
             task.cancel()
+
+
+def _nothing() -> None:
+    """The callback of a timer that only wakes the loop."""

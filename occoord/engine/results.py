@@ -18,7 +18,7 @@ from occoord.fsutil import atomic_write
 from occoord.opencode.models import Message
 from occoord.opencode.outcome import TurnOutcome, classify
 from occoord.opencode.transcript import fetch_transcript
-from occoord.opencode.usage import Usage, usage_of, usage_with_children
+from occoord.opencode.usage import Usage, usage_with_children
 from occoord.spool.summary import write_summary
 
 __all__ = ["ResultKeeper"]
@@ -97,21 +97,20 @@ class ResultKeeper:
             usage = None
         return messages, usage
 
-    async def usage(self, attempt: Attempt) -> Usage | None:
-        """What the attempt's turn cost, sub-agents included; None if the server cannot say."""
+    async def keep_late(self, attempt: Attempt) -> None:
+        """A task decided from outside, its session now idle (or aborted): keep what the agent said
+        and add what its turn cost to its (terminal) record, from one read of its messages."""
         if attempt.session_id is None:
-            return None
-        try:
-            return await usage_of(self.pool.client(attempt.server), attempt.session_id, attempt.directory)
-        except OccoordError as exc:
-            log.info("%s: no usage figures: %s", attempt.label, exc)
-            return None
-
-    async def record_usage(self, attempt: Attempt) -> None:
-        """A task decided from outside: add what its turn cost to its (terminal) record."""
-        usage = await self.usage(attempt)
-        if usage is None:
             return
+        try:
+            messages, usage = await self.read_turn(attempt)
+        except OccoordError:
+            return
+        self.write_result(attempt, classify(messages))
+        if usage is not None:
+            self._add_usage(attempt, usage)
+
+    def _add_usage(self, attempt: Attempt, usage: Usage) -> None:
         try:
             active = self.book.runs.get(attempt.run_id)
             # A signal that finished the run took it out of the book: the files are still there.
@@ -126,13 +125,3 @@ class ResultKeeper:
                 write_summary(run, durable=self.book.spool.durable)
         except (OccoordError, OSError) as exc:
             log.info("%s: cannot record the usage: %s", attempt.label, exc)
-
-    async def save_result(self, attempt: Attempt) -> None:
-        """The task was signalled from outside: keep what the agent said so far."""
-        if attempt.session_id is None:
-            return
-        try:
-            messages = await self.pool.client(attempt.server).messages(attempt.session_id, attempt.directory)
-        except OccoordError:
-            return
-        self.write_result(attempt, classify(list(messages)))

@@ -10,7 +10,7 @@ from typing import Any
 
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt, FailurePolicy, outcome_details, outcome_reason
-from occoord.engine.parts import Parts
+from occoord.engine.parts import Component, Parts
 from occoord.engine.results import ResultKeeper
 from occoord.engine.workspaces import Workspaces
 from occoord.errors import ApiError, GitError, OccoordError, SpoolError
@@ -36,13 +36,9 @@ class SettleSettings:
     signal_grace: float  # a session still busy this long after its task was signalled is aborted
 
 
-class Settler:
+class Settler(Component):
     def __init__(self, parts: Parts, workspaces: Workspaces, settings: SettleSettings) -> None:
-        self.pool = parts.pool
-        self.book = parts.book
-        self.table = parts.table
-        self.clock = parts.clock
-        self.scheduler = parts.scheduler
+        super().__init__(parts)
         self.workspaces = workspaces
         self.results = ResultKeeper(parts.pool, parts.book)
         self.settings = settings
@@ -72,9 +68,9 @@ class Settler:
             log.warning(
                 "%s: cannot read the session's messages (again in %.0f s): %s", attempt.label, delay, exc
             )
-            self.scheduler.call_at(
+            self.scheduler.spawn_at(
                 self.clock.monotonic() + delay,
-                lambda: self.scheduler.spawn(self.finish(attempt, tries + 1)),
+                lambda: self.finish(attempt, tries + 1),
             )
             return
         outcome = with_session_error(classify(list(messages)), attempt.error)
@@ -86,9 +82,7 @@ class Settler:
             delay = WRITE_BACKOFF.delay(tries + 1)
             log.error("%s: cannot save the result (again in %.0f s): %s", attempt.label, delay, exc)
             self.problems[attempt.key] = f"cannot save the result of {attempt.label}: {exc}"
-            self.scheduler.call_at(
-                self.clock.monotonic() + delay, lambda: self.scheduler.spawn(self.finish(attempt, tries + 1))
-            )
+            self.scheduler.spawn_at(self.clock.monotonic() + delay, lambda: self.finish(attempt, tries + 1))
             return
         if outcome.kind != "done":
             await self.results.write_log(attempt)
@@ -143,22 +137,19 @@ class Settler:
             delay = WRITE_BACKOFF.delay(tries + 1)
             log.error("%s: cannot record the outcome (again in %.0f s): %s", attempt.label, delay, exc)
             self.problems[attempt.key] = f"cannot record the outcome of {attempt.label}: {exc}"
-
-            def again() -> None:  # the coroutine is made when due: none is left unawaited at a stop
-                self.scheduler.spawn(
-                    self.settle(
-                        attempt,
-                        outcome,
-                        reason,
-                        retryable=retryable,
-                        done=done,
-                        unreachable=unreachable,
-                        tries=tries + 1,
-                        usage=usage,
-                    )
-                )
-
-            self.scheduler.call_at(self.clock.monotonic() + delay, again)
+            self.scheduler.spawn_at(
+                self.clock.monotonic() + delay,
+                lambda: self.settle(
+                    attempt,
+                    outcome,
+                    reason,
+                    retryable=retryable,
+                    done=done,
+                    unreachable=unreachable,
+                    tries=tries + 1,
+                    usage=usage,
+                ),
+            )
             return
         self.problems.pop(attempt.key, None)
         self.table.drop(attempt)
@@ -245,13 +236,13 @@ class Settler:
         except (OccoordError, OSError, KeyError) as exc:
             log.error("%s/%s: cannot record the worktree's result: %s", run_id, task, exc)
             self.problems[(run_id, task)] = f"cannot record the worktree's result of {run_id}/{task}: {exc}"
-            self.scheduler.call_at(
+            self.scheduler.spawn_at(
                 self.clock.monotonic() + WRITE_BACKOFF.delay(tries + 1),
-                lambda: self.scheduler.spawn(self.settle_worktree(run_id, task, tries + 1)),
+                lambda: self.settle_worktree(run_id, task, tries + 1),
             )
             return
         self.problems.pop((run_id, task), None)
-        self.scheduler.call_at(self.clock.monotonic(), _wake)
+        self.scheduler.wake_at(self.clock.monotonic())
 
     # -- a task decided from outside -----------------------------------------------------------
 
@@ -265,9 +256,9 @@ class Settler:
         if attempt.session_id is None:
             return
         self.table.winding[attempt.session_id] = attempt
-        self.scheduler.call_at(
+        self.scheduler.spawn_at(
             self.clock.monotonic() + self.settings.signal_grace,
-            lambda: self.scheduler.spawn(self._grace_over(attempt)),
+            lambda: self._grace_over(attempt),
         )
 
     def session_idle(self, session_id: str) -> None:
@@ -277,8 +268,7 @@ class Settler:
             self.scheduler.spawn(self._wound_down(attempt))
 
     async def _wound_down(self, attempt: Attempt) -> None:
-        await self.results.save_result(attempt)
-        await self.results.record_usage(attempt)
+        await self.results.keep_late(attempt)
         if attempt.prepared:
             await self.settle_worktree(attempt.run_id, attempt.task)
 
@@ -323,7 +313,3 @@ def with_session_error(outcome: TurnOutcome, error: ErrorInfo | None) -> TurnOut
     return TurnOutcome(
         kind="failed", error_name=error.name, message=error.message, retryable=bool(error.retryable)
     )
-
-
-def _wake() -> None:
-    """A timer that only wakes the loop."""

@@ -11,7 +11,7 @@ import logging
 
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt
-from occoord.engine.parts import Parts
+from occoord.engine.parts import Component, Parts
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
 from occoord.errors import OccoordError, SessionBusy
@@ -26,15 +26,11 @@ log = logging.getLogger(__name__)
 STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
-class Stopper:
+class Stopper(Component):
     def __init__(
         self, parts: Parts, settler: Settler, provider_retries: int, server_timeout: float | None = None
     ) -> None:
-        self.pool = parts.pool
-        self.book = parts.book
-        self.table = parts.table
-        self.clock = parts.clock
-        self.scheduler = parts.scheduler
+        super().__init__(parts)
         self.settler = settler
         self.provider_retries = provider_retries
         self.server_timeout = server_timeout
@@ -106,9 +102,9 @@ class Stopper:
             # attempt beside a turn that still runs would put two agents on one task.
             delay = STOP_BACKOFF.delay(tries + 1)
             log.warning("%s: cannot stop its session yet (again in %.0f s): %s", attempt.label, delay, exc)
-            self.scheduler.call_at(
+            self.scheduler.spawn_at(
                 self.clock.monotonic() + delay,
-                lambda: self.scheduler.spawn(self._abort_and_settle(attempt, reason, retryable, tries + 1)),
+                lambda: self._abort_and_settle(attempt, reason, retryable, tries + 1),
             )
             return
         await self.settler.settle(attempt, None, reason, retryable=retryable)

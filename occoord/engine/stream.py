@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from occoord.engine.attempts import Attempt
-from occoord.engine.parts import Parts
+from occoord.engine.parts import Component, Parts
 from occoord.engine.settle import Settler
 from occoord.engine.stopping import Stopper
 from occoord.errors import OccoordError
@@ -31,12 +31,9 @@ class FromServer:
     event: object
 
 
-class EventRouter:
+class EventRouter(Component):
     def __init__(self, parts: Parts, settler: Settler, stopper: Stopper) -> None:
-        self.pool = parts.pool
-        self.table = parts.table
-        self.clock = parts.clock
-        self.scheduler = parts.scheduler
+        super().__init__(parts)
         self.settler = settler
         self.stopper = stopper
 

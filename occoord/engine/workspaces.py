@@ -50,7 +50,12 @@ class Prepared:
     start: str
 
     def details(self) -> dict[str, Any]:
-        return {"worktree": self.worktree, "branch": self.branch, "start_commit": self.start}
+        return {
+            "worktree": self.worktree,
+            "branch": self.branch,
+            "start_commit": self.start,
+            "directory": self.directory,
+        }
 
 
 class NotReady(OccoordError):
