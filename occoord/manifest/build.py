@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -261,6 +262,13 @@ def _prompt(
         return None
     path = Path(directory) / pure
     shown = shown_path(path)
+    if len(pure.parts) > 1 and not _stays_inside(Path(directory), path.parent):
+        # O_NOFOLLOW guards only the last part: a symlinked folder on the way must not lead a
+        # prompt (sent to a model) out of the task's directory.
+        checker.add(
+            f"{where}.prompt_file", f"{shown}: a symbolic link on the way leads outside the task's directory"
+        )
+        return None
     try:
         data = read_limited(path, MAX_PROMPT_BYTES)
     except (TooLarge, NotRegularFile) as exc:
@@ -281,6 +289,14 @@ def _prompt(
         checker.add(f"{where}.prompt_file", f"{shown} is empty")
         return None
     return text
+
+
+def _stays_inside(root: Path, folder: Path) -> bool:
+    try:
+        real_root, real = os.path.realpath(root), os.path.realpath(folder)
+    except (OSError, ValueError):
+        return True  # the read below fails too and reports the path's own problem
+    return os.path.commonpath([real_root, real]) == real_root
 
 
 def find_cycles(graph: dict[str, tuple[str, ...]], limit: int = MAX_CYCLES) -> list[list[str]]:
