@@ -16,16 +16,17 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from httpx_sse import EventSource
+import httpx
 
 from occoord.backoff import Backoff
 
 from .client import OpenCodeClient
 from .models import ErrorInfo
+from .sse import SSEDecoder, sniff_activity
 
 __all__ = [
     "Activity",
@@ -246,6 +247,10 @@ class EventStream:
     One consumer at a time: iterate it once (``async for``) and call :meth:`aclose` to stop.
     ``connected`` is set while a connection is open, so tests (and a careful coordinator) can wait for
     it before prompting - events sent before the subscription are not replayed.
+
+    With ``on_activity`` set, :class:`Activity` is never yielded: ``on_activity(session_id)`` is
+    called from the reading task instead (it must be quick and must not raise). A streaming model
+    sends thousands of these a second, and each means no more than "this session is alive".
     """
 
     def __init__(
@@ -255,11 +260,13 @@ class EventStream:
         reconnect_min: float = 0.2,
         reconnect_max: float = 5.0,
         silence_timeout: float = 45.0,
+        on_activity: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         # The server sends a heartbeat every ~10 s: a connection silent for much longer is hung
         # (a stalled server or a half-open TCP connection) and is dropped and reopened.
         self._silence = silence_timeout
+        self.on_activity = on_activity
         self._backoff = Backoff(base=reconnect_min, cap=max(reconnect_max, reconnect_min))
         self._closed = False
         self._readers: set[asyncio.Task[None]] = set()
@@ -298,13 +305,7 @@ class EventStream:
                             log.info("event stream reconnected to %s", self._client.url)
                             queue.put_nowait(StreamReconnected())
                         opened_before = True
-                        loop = asyncio.get_running_loop()
-                        async with asyncio.timeout(self._silence) as silence:
-                            async for sse in EventSource(response).aiter_sse():
-                                silence.reschedule(loop.time() + self._silence)
-                                event = self._decode(sse.data)
-                                if event is not None:
-                                    queue.put_nowait(event)
+                        await self._read(response, queue)
                     log.info("event stream from %s ended; reconnecting", self._client.url)
                 except TimeoutError:
                     log.warning(
@@ -324,8 +325,40 @@ class EventStream:
         finally:
             queue.put_nowait(None)
 
+    async def _read(self, response: httpx.Response, queue: asyncio.Queue[Event | None]) -> None:
+        """Deliver one connection's events until it ends; TimeoutError once it is silent too long."""
+        loop = asyncio.get_running_loop()
+        decoder = SSEDecoder()
+        # The silence deadline moves at most this often: moving a timer per event costs more than
+        # reading the event, and a deadline late by a fraction of the timeout changes nothing.
+        renew_every = min(1.0, self._silence / 10)
+        renewed = loop.time()
+        async with asyncio.timeout(self._silence) as silence:
+            async for chunk in response.aiter_bytes():
+                now = loop.time()
+                if now - renewed >= renew_every:
+                    silence.reschedule(now + self._silence)
+                    renewed = now
+                for data in decoder.feed(chunk):
+                    self._deliver(data, queue)
+
+    def _deliver(self, data: bytes, queue: asyncio.Queue[Event | None]) -> None:
+        activity = self.on_activity
+        if activity is not None:
+            session = sniff_activity(data)
+            if session is not None:
+                activity(session)
+                return
+        event = self._decode(data)
+        if event is None:
+            return
+        if activity is not None and isinstance(event, Activity):
+            activity(event.session_id)
+        else:
+            queue.put_nowait(event)
+
     @staticmethod
-    def _decode(data: str) -> Event | None:
+    def _decode(data: bytes) -> Event | None:
         if not data.strip():
             return None
         try:
