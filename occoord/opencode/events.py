@@ -13,20 +13,20 @@ buffer without bound (a known upstream issue): our memory is the better place fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from occoord.backoff import Backoff
 
 from .client import OpenCodeClient
 from .models import ErrorInfo
-from .sse import SSEDecoder, sniff_activity
+from .rawsse import open_raw, raw_target, watch
+from .sse import SSEDecoder, read_httpx, sniff_activity
 
 __all__ = [
     "Activity",
@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+STREAM_PATH = "/global/event"
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,10 @@ class EventStream:
         reconnect_max: float = 5.0,
         silence_timeout: float = 45.0,
         on_activity: Callable[[str], None] | None = None,
+        connect_timeout: float = 30.0,
     ) -> None:
         self._client = client
+        self._connect_timeout = connect_timeout
         # The server sends a heartbeat every ~10 s: a connection silent for much longer is hung
         # (a stalled server or a half-open TCP connection) and is dropped and reopened.
         self._silence = silence_timeout
@@ -297,7 +301,7 @@ class EventStream:
         try:
             while not self._closed:
                 try:
-                    async with self._client.stream() as response:
+                    async with self._open(queue) as follow:
                         self.connected.set()
                         failures = 0
                         if opened_before:
@@ -305,7 +309,7 @@ class EventStream:
                             log.info("event stream reconnected to %s", self._client.url)
                             queue.put_nowait(StreamReconnected())
                         opened_before = True
-                        await self._read(response, queue)
+                        await follow()
                     log.info("event stream from %s ended; reconnecting", self._client.url)
                 except TimeoutError:
                     log.warning(
@@ -325,22 +329,26 @@ class EventStream:
         finally:
             queue.put_nowait(None)
 
-    async def _read(self, response: httpx.Response, queue: asyncio.Queue[Event | None]) -> None:
-        """Deliver one connection's events until it ends; TimeoutError once it is silent too long."""
-        loop = asyncio.get_running_loop()
+    @contextlib.asynccontextmanager
+    async def _open(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """One connection, open; yields what follows it to its end (TimeoutError once silent too
+        long): the raw connection where it can be used (see rawsse), else httpx's stream."""
         decoder = SSEDecoder()
-        # The silence deadline moves at most this often: moving a timer per event costs more than
-        # reading the event, and a deadline late by a fraction of the timeout changes nothing.
-        renew_every = min(1.0, self._silence / 10)
-        renewed = loop.time()
-        async with asyncio.timeout(self._silence) as silence:
-            async for chunk in response.aiter_bytes():
-                now = loop.time()
-                if now - renewed >= renew_every:
-                    silence.reschedule(now + self._silence)
-                    renewed = now
+
+        def on_body(chunk: bytes) -> None:
+            try:
                 for data in decoder.feed(chunk):
                     self._deliver(data, queue)
+            except Exception:  # a bug for one event must not cut the connection for all
+                log.exception("event stream from %s: delivering an event", self._client.url)
+
+        target = raw_target(self._client)
+        if target is None:
+            async with self._client.stream() as response:
+                yield lambda: read_httpx(response, on_body, self._silence)
+        else:
+            async with open_raw(target, STREAM_PATH, on_body, self._connect_timeout) as body:
+                yield lambda: watch(body, self._silence)
 
     def _deliver(self, data: bytes, queue: asyncio.Queue[Event | None]) -> None:
         activity = self.on_activity

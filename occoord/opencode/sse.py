@@ -8,7 +8,12 @@ that event only ever means "this session is alive".
 
 from __future__ import annotations
 
-__all__ = ["SSEDecoder", "sniff_activity"]
+import asyncio
+from collections.abc import Callable
+
+import httpx
+
+__all__ = ["SSEDecoder", "read_httpx", "sniff_activity"]
 
 _DATA = b"data:"
 _TYPE = b'"type":"'
@@ -75,3 +80,20 @@ def sniff_activity(data: bytes) -> str | None:
     if end < 0 or not session or b"\\" in session:
         return None
     return session.decode("ascii", "replace")
+
+
+async def read_httpx(response: httpx.Response, on_body: Callable[[bytes], None], silence: float) -> None:
+    """Feed an httpx streaming response's body to ``on_body`` until it ends; TimeoutError once no
+    byte came for ``silence`` seconds."""
+    loop = asyncio.get_running_loop()
+    # The deadline moves at most this often: moving a timer per event costs more than reading the
+    # event, and a deadline late by a fraction of the timeout changes nothing.
+    renew_every = min(1.0, silence / 10)
+    renewed = loop.time()
+    async with asyncio.timeout(silence) as deadline:
+        async for chunk in response.aiter_bytes():
+            now = loop.time()
+            if now - renewed >= renew_every:
+                deadline.reschedule(now + silence)
+                renewed = now
+            on_body(chunk)
