@@ -31,13 +31,9 @@ def test_a_tiny_stream_run_gives_well_formed_figures(tmp_path: Path) -> None:
     (result,) = json.loads(path.read_text())
     assert result["all_done"] and result["lost"] == 0 and result["sim_dropped_subscribers"] == 0
     assert result["emitted"] == result["received_by_reader"] > 3 * 60
-    for key in (
-        "window_s",
-        "achieved_events_per_s",
-        "watcher_us_per_event",
-        "reader_us_per_event",
-        "cpu_ratio",
-    ):
+    for key in ("window_s", "achieved_events_per_s", "watcher_us_per_event", "reader_us_per_event"):
         assert _number(result[key]) and result[key] >= 0, key
+    # A tiny window may show no reader CPU at all (10 ms ticks): then the ratio is infinite.
+    assert isinstance(result["cpu_ratio"], float) and result["cpu_ratio"] >= 0
     latency = result["outcome_read_ms"]
     assert latency["n"] == 3 and latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
