@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from occoord.engine.pool import DEFAULT, Member, ServerPool
+from occoord.engine.replies import Replies, pump_events
 from occoord.engine.stream import FromServer
 from occoord.engine.watcher import Hint
 from occoord.errors import ConfigError, OccoordError
 from occoord.opencode.client import OpenCodeClient
-from occoord.opencode.events import EventStream, PermissionAsked, QuestionAsked, ServerConnected
+from occoord.opencode.events import EventStream, ServerConnected
 from occoord.opencode.permissions import PolicyResponder
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ServerSpec",
     "attached_servers",
     "parse_server_options",
+    "pump_events",
     "read_server_file",
     "scan_server_files",
 ]
@@ -43,7 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVERS_DIR = "servers"  # SPOOL/servers/NAME.json
-MAX_REPLIES = 32  # replies to asks in flight at once; more wait their turn (bounded connections)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _KEYS = {"url", "password_file", "capacity", "labels"}
 MAINTAIN_EVERY = 0.5  # seconds between looks at the streams' health and the drained servers
@@ -172,47 +173,6 @@ def scan_server_files(folder: Path) -> dict[str, ServerSpec]:
     return found
 
 
-class Replies:
-    """Answers permission and question asks beside the event pump, never in it: a reply that
-    hangs must not stop the delivery of every other event. At most one reply per request id is in
-    flight (the server may announce an ask again, e.g. after a reconnect), at most MAX_REPLIES in
-    all; failures are logged."""
-
-    def __init__(self, responder: Any, limit: int = MAX_REPLIES) -> None:
-        self.responder = responder
-        self.jobs: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(limit)
-
-    def offer(self, event: object) -> None:
-        if not isinstance(event, PermissionAsked | QuestionAsked) or event.request_id in self.jobs:
-            return
-        request_id = event.request_id
-        job = asyncio.ensure_future(self._reply(event))
-        self.jobs[request_id] = job
-        job.add_done_callback(lambda _: self.jobs.pop(request_id, None))
-
-    async def _reply(self, event: PermissionAsked | QuestionAsked) -> None:
-        async with self._slots:
-            try:
-                await self.responder.handle(event)
-            except Exception:  # a bug in one reply must not end the others, nor pass unseen
-                log.exception("replying to %s %s failed", type(event).__name__, event.request_id)
-
-    async def aclose(self) -> None:
-        jobs = list(self.jobs.values())
-        for job in jobs:
-            job.cancel()
-        if jobs:
-            await asyncio.wait(jobs)
-
-
-async def pump_events(stream: Any, post: Callable[[object], None], replies: Replies) -> None:
-    """Deliver a server's events to the coordinator; asks are answered beside it."""
-    async for event in stream:
-        replies.offer(event)
-        post(event)
-
-
 @dataclass
 class _Backend:
     member: Member
@@ -238,6 +198,7 @@ class Fleet:
         self.backends: dict[str, _Backend] = {}
         self.wake: Callable[[], None] = lambda: None  # no coordinator to wake before start()
         self.post: Callable[[object], None] | None = None
+        self.activity: Callable[[str], None] | None = None  # liveness, beside the queue
         self.running_on: Callable[[str], int] = lambda _: 0
         self._rescan = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()  # version look-ups in flight
@@ -266,15 +227,23 @@ class Fleet:
     def _join(self, member: Member, client: Any, *, owned: bool, from_file: bool) -> None:
         replies = Replies(PolicyResponder(client))
         backend = self.backends[member.name] = _Backend(
-            member, client, EventStream(client), replies, owned, from_file
+            member, client, EventStream(client, on_activity=self.activity), replies, owned, from_file
         )
         self.pool.add(member)
         if self.post is not None:
             backend.pump = asyncio.ensure_future(self._pump(backend))
 
-    def start(self, post: Callable[[object], None], running_on: Callable[[str], int]) -> None:
-        """Start every stream; events go to ``post`` from now on."""
-        self.post, self.running_on = post, running_on
+    def start(
+        self,
+        post: Callable[[object], None],
+        running_on: Callable[[str], int],
+        activity: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start every stream; events go to ``post`` from now on, and with ``activity`` given, the
+        session ids of Activity events go to it instead (see EventStream's ``on_activity``)."""
+        self.post, self.running_on, self.activity = post, running_on, activity
+        for backend in self.backends.values():
+            backend.stream.on_activity = activity
         # A hint the coordinator has no branch for still ends in a tick: dispatch looks again.
         self.wake = lambda: post(Hint("servers"))
         for backend in self.backends.values():

@@ -213,7 +213,7 @@ async def serve(
 
                 watcher = SpoolWatcher(spool.root, sink)
                 watcher.start()
-                fleet.start(coordinator.post, coordinator.table.running_on)
+                fleet.start(coordinator.post, coordinator.table.running_on, coordinator.router.activity)
                 keeper = asyncio.ensure_future(fleet.maintain(stop, config.rescan_interval))
                 spawned = asyncio.ensure_future(group.keep(fleet, stop)) if group else None
                 guard = asyncio.ensure_future(_guard(watcher, coordinator, stop, fleet))

@@ -37,6 +37,14 @@ class EventRouter(Component):
         self.settler = settler
         self.stopper = stopper
 
+    def activity(self, session_id: str) -> None:
+        """A session showed it is alive (a token chunk, a part update...): its idle clock restarts.
+        Called by the event stream itself, not through the queue, and wakes nothing: a later
+        ``last_activity`` only moves a deadline later, which the loop finds when it gets there."""
+        attempt = self.table.by_session(session_id)
+        if attempt is not None:
+            attempt.last_activity = self.clock.monotonic()
+
     def handle(self, item: object) -> None:
         server, event = (item.server, item.event) if isinstance(item, FromServer) else (None, item)
         if isinstance(event, ev.StreamReconnected):

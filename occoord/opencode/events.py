@@ -13,19 +13,20 @@ buffer without bound (a known upstream issue): our memory is the better place fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from httpx_sse import EventSource
 
 from occoord.backoff import Backoff
 
 from .client import OpenCodeClient
 from .models import ErrorInfo
+from .rawsse import open_raw, raw_target, watch
+from .sse import SSEDecoder, read_httpx, sniff_activity
 
 __all__ = [
     "Activity",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+STREAM_PATH = "/global/event"
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,10 @@ class EventStream:
     One consumer at a time: iterate it once (``async for``) and call :meth:`aclose` to stop.
     ``connected`` is set while a connection is open, so tests (and a careful coordinator) can wait for
     it before prompting - events sent before the subscription are not replayed.
+
+    With ``on_activity`` set, :class:`Activity` is never yielded: ``on_activity(session_id)`` is
+    called from the reading task instead (it must be quick and must not raise). A streaming model
+    sends thousands of these a second, and each means no more than "this session is alive".
     """
 
     def __init__(
@@ -255,11 +262,15 @@ class EventStream:
         reconnect_min: float = 0.2,
         reconnect_max: float = 5.0,
         silence_timeout: float = 45.0,
+        on_activity: Callable[[str], None] | None = None,
+        connect_timeout: float = 30.0,
     ) -> None:
         self._client = client
+        self._connect_timeout = connect_timeout
         # The server sends a heartbeat every ~10 s: a connection silent for much longer is hung
         # (a stalled server or a half-open TCP connection) and is dropped and reopened.
         self._silence = silence_timeout
+        self.on_activity = on_activity
         self._backoff = Backoff(base=reconnect_min, cap=max(reconnect_max, reconnect_min))
         self._closed = False
         self._readers: set[asyncio.Task[None]] = set()
@@ -290,7 +301,7 @@ class EventStream:
         try:
             while not self._closed:
                 try:
-                    async with self._client.stream() as response:
+                    async with self._open(queue) as follow:
                         self.connected.set()
                         failures = 0
                         if opened_before:
@@ -298,13 +309,7 @@ class EventStream:
                             log.info("event stream reconnected to %s", self._client.url)
                             queue.put_nowait(StreamReconnected())
                         opened_before = True
-                        loop = asyncio.get_running_loop()
-                        async with asyncio.timeout(self._silence) as silence:
-                            async for sse in EventSource(response).aiter_sse():
-                                silence.reschedule(loop.time() + self._silence)
-                                event = self._decode(sse.data)
-                                if event is not None:
-                                    queue.put_nowait(event)
+                        await follow()
                     log.info("event stream from %s ended; reconnecting", self._client.url)
                 except TimeoutError:
                     log.warning(
@@ -324,8 +329,44 @@ class EventStream:
         finally:
             queue.put_nowait(None)
 
+    @contextlib.asynccontextmanager
+    async def _open(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """One connection, open; yields what follows it to its end (TimeoutError once silent too
+        long): the raw connection where it can be used (see rawsse), else httpx's stream."""
+        decoder = SSEDecoder()
+
+        def on_body(chunk: bytes) -> None:
+            try:
+                for data in decoder.feed(chunk):
+                    self._deliver(data, queue)
+            except Exception:  # a bug for one event must not cut the connection for all
+                log.exception("event stream from %s: delivering an event", self._client.url)
+
+        target = raw_target(self._client)
+        if target is None:
+            async with self._client.stream() as response:
+                yield lambda: read_httpx(response, on_body, self._silence)
+        else:
+            async with open_raw(target, STREAM_PATH, on_body, self._connect_timeout) as body:
+                yield lambda: watch(body, self._silence)
+
+    def _deliver(self, data: bytes, queue: asyncio.Queue[Event | None]) -> None:
+        activity = self.on_activity
+        if activity is not None:
+            session = sniff_activity(data)
+            if session is not None:
+                activity(session)
+                return
+        event = self._decode(data)
+        if event is None:
+            return
+        if activity is not None and isinstance(event, Activity):
+            activity(event.session_id)
+        else:
+            queue.put_nowait(event)
+
     @staticmethod
-    def _decode(data: str) -> Event | None:
+    def _decode(data: bytes) -> Event | None:
         if not data.strip():
             return None
         try:

@@ -61,6 +61,9 @@ async def read_body(request: web.Request) -> JSON | None:
     return body if isinstance(body, dict) else None
 
 
+_BATCH = 512  # frames per write at most
+
+
 def _server_frame(directory: str | None, type_: str) -> bytes:
     """A server-level event (connected, heartbeat) in the stream's wire form."""
     payload = Bus.payload(type_, {})
@@ -86,7 +89,16 @@ async def sse_stream(
                 frame = _server_frame(directory, "server.heartbeat")
             if frame is None:
                 break
-            await response.write(frame)
+            # Whatever else is queued goes in the same write: one syscall (and one chunk) for a
+            # burst of events, or a fast stream costs the simulator more than its consumers.
+            batch = [frame]
+            while not sub.queue.empty() and len(batch) < _BATCH:
+                more = sub.queue.get_nowait()
+                if more is None:
+                    await response.write(b"".join(batch))
+                    return response
+                batch.append(more)
+            await response.write(batch[0] if len(batch) == 1 else b"".join(batch))
     except asyncio.CancelledError:
         # The bus cancels a dropped subscriber's handler: that is a normal end, not a shutdown.
         task = asyncio.current_task()

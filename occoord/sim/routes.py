@@ -157,7 +157,9 @@ class Routes:
         messages = sess.messages
         if "limit" in request.query and request.query["limit"].isdigit():
             messages = messages[-int(request.query["limit"]) :] if int(request.query["limit"]) else []
-        return web.json_response(messages)
+        response = web.json_response(messages)
+        self.engine.messages_read(sess)
+        return response
 
     async def _children(self, request: web.Request) -> web.Response:
         """The sessions whose parent is this one (sub-agents), like the real route."""

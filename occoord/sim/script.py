@@ -64,6 +64,7 @@ class Script:
     usage: tuple[tuple[str, float], ...] = ()
     subagent: bool = False
     say: str | None = None
+    stream: tuple[int, float] | None = None  # (chunks, per second): a streamed answer
 
 
 def _parse_error(arg: str) -> ErrorSpec:
@@ -106,7 +107,27 @@ def parse_script(text: str) -> Script:
             values["subagent"] = True
         elif kind == "say" and arg:
             values["say"] = arg
+        elif kind == "stream":
+            stream = _parse_stream(arg)
+            if stream is not None:
+                values["stream"] = stream
     return Script(**values)  # type: ignore[arg-type]
+
+
+DEFAULT_STREAM_RATE = 50.0
+
+
+def _parse_stream(arg: str) -> tuple[int, float] | None:
+    """``CHUNKS [RATE]``: CHUNKS token chunks at RATE per second (default 50, a fast model)."""
+    words = arg.split()
+    try:
+        chunks = int(words[0]) if words else 0
+        rate = float(words[1]) if len(words) > 1 else DEFAULT_STREAM_RATE
+    except ValueError:
+        return None
+    if chunks <= 0 or not 0 < rate < float("inf"):
+        return None
+    return chunks, rate
 
 
 _USAGE_KEYS = ("input", "output", "reasoning", "cache_read", "cache_write", "cost")

@@ -15,6 +15,7 @@ from typing import Any
 
 from occoord.sim.script import ErrorSpec, Script, parse_script, perform_signal, usage_for
 from occoord.sim.state import JSON, Bus, BusyLog, PendingAsk, Prompt, SimSession, new_id, now_ms
+from occoord.sim.streaming import stream_text
 
 __all__ = ["ABORTED", "Engine"]
 
@@ -38,6 +39,10 @@ class Engine:
         self.version = version
         self.time_scale = time_scale
         self.activity_interval = activity_interval
+        # When each session last went idle and when its messages were first read after that
+        # (time.monotonic(), system-wide): the turn end -> outcome read latency of benchmarks.
+        self.idled: dict[str, float] = {}
+        self.read_after_idle: dict[str, float] = {}
         self.sessions: dict[str, SimSession] = {}
         self.busy: dict[str, SimSession] = {}
         self.pending: dict[str, PendingAsk] = {}
@@ -75,6 +80,12 @@ class Engine:
         if sess.runner is not None and not sess.runner.done():
             sess.runner.cancel()
         self._emit(sess, "session.deleted", {"sessionID": sess.id, "info": sess.to_api()})
+
+    def messages_read(self, sess: SimSession) -> None:
+        """``GET /session/{id}/message`` was served: stamp the first read after the turn ended."""
+        idle = self.idled.get(sess.id)
+        if idle is not None and self.read_after_idle.get(sess.id, 0.0) < idle:
+            self.read_after_idle[sess.id] = time.monotonic()
 
     def status_map(self, directory: str) -> dict[str, JSON]:
         return {sid: s.status for sid, s in self.busy.items() if s.directory == directory and s.status}
@@ -170,6 +181,7 @@ class Engine:
                 left.done.set_result(None)
         if sess.id in self.sessions and sess.status is not None:
             self._set_status(sess, None)
+            self.idled[sess.id] = time.monotonic()
             self._emit(sess, "session.idle", {"sessionID": sess.id})
 
     async def _turn(self, sess: SimSession, prompt: Prompt) -> JSON:
@@ -199,6 +211,8 @@ class Engine:
         if script.say:  # words before the work, as an agent says what it is about to do
             said = {"type": "text", "text": script.say, "time": {"start": now_ms(), "end": now_ms()}}
             self._part(sess, msg, said, delta=script.say)
+        if script.stream:
+            await self._stream(sess, msg, *script.stream)
         if script.ask:
             await self._ask_permission(sess, msg, script.ask)
         if script.question:
@@ -248,6 +262,21 @@ class Engine:
             )
         self._emit(sess, "message.part.updated", {"sessionID": sess.id, "part": part, "time": now_ms()})
         return part
+
+    async def _stream(self, sess: SimSession, msg: JSON, chunks: int, rate: float) -> None:
+        part = self._part(sess, msg, {"type": "text", "text": "", "time": {"start": now_ms()}})
+        ids = {"sessionID": sess.id, "messageID": part["messageID"], "partID": part["id"], "field": "text"}
+
+        def update(text: str) -> None:
+            self._part(sess, msg, {"id": part["id"], "type": "text", "text": text, "time": part["time"]})
+
+        await stream_text(
+            lambda chunk: self._emit(sess, "message.part.delta", {**ids, "delta": chunk}),
+            update,
+            chunks,
+            rate,
+            self.time_scale,
+        )
 
     async def _work(self, sess: SimSession, msg: JSON, seconds: float) -> None:
         """Busy for ``seconds`` (scaled), as a bash tool call whose progress shows as part updates."""

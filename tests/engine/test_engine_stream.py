@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from harness import Engine, manifest, task
 
+from occoord.engine.servers import Fleet, ServerSpec
 from occoord.opencode import events as ev
+from occoord.opencode.client import OpenCodeClient
 from occoord.spool.states import TaskState
 
 
@@ -51,3 +56,25 @@ def test_a_duplicate_idle_reads_the_turn_once(engine: Engine) -> None:
         assert len(e.client.calls_of("messages")) == 1
 
     engine.play(scenario)
+
+
+def test_the_fleet_gives_every_stream_the_activity_callback(tmp_path: Path) -> None:
+    """Streams made before start() and after it (a server joining later) report activity to the
+    coordinator's callback; without one, Activity stays an event as before."""
+
+    async def scenario() -> None:
+        fleet = Fleet(tmp_path / "servers")
+        first = OpenCodeClient("http://127.0.0.1:9")
+        fleet.adopt("default", first, "1")
+        assert fleet.backends["default"].stream.on_activity is None
+        seen: list[str] = []
+        fleet.start(lambda _: None, lambda _: 0, seen.append)
+        try:
+            assert fleet.backends["default"].stream.on_activity == seen.append
+            await fleet.add(ServerSpec("later", "http://127.0.0.1:9"), from_file=False)
+            assert fleet.backends["later"].stream.on_activity == seen.append
+        finally:
+            await fleet.aclose()
+            await first.aclose()
+
+    asyncio.run(scenario())

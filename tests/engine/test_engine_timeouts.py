@@ -88,3 +88,29 @@ def test_an_agent_that_signals_and_ends_its_turn_keeps_its_final_text(engine: En
         assert e.record(run, "t").reason == "all good"
 
     engine.play(scenario)
+
+
+def test_activity_beside_the_queue_keeps_a_turn_alive_and_wakes_nothing(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """What the event stream reports through ``on_activity`` (EventRouter.activity): the idle
+    clock restarts, no item is queued, and without it the idle timeout still ends the turn."""
+    engine: Engine = make_engine(idle_timeout=50.0)
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("t", retries=0)))
+        sid = e.session(run, "t")
+        await e.events(e.client.start_turn(sid))
+        for _ in range(3):
+            await e.advance(40)
+            e.co.router.activity(sid)
+            e.co.router.activity("ses_of_nobody")  # an unknown session changes nothing
+            assert e.co.queue.empty()
+        assert e.state(run, "t") is TaskState.PENDING
+        await e.advance(49)
+        assert e.state(run, "t") is TaskState.PENDING
+        await e.advance(1)
+        assert e.client.sessions[sid].aborted == 1
+        record = e.record(run, "t")
+        assert record.state is TaskState.FAILED and "no activity for 50 s" in record.reason
+
+    engine.play(scenario)
