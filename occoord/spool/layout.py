@@ -30,12 +30,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from occoord.errors import ManifestError, NotFound, SpoolError
+from occoord.errors import Locked, ManifestError, NotFound, SpoolError
 from occoord.fsutil import DIR_MODE, atomic_write
 from occoord.manifest.load import manifest_from_plan
 from occoord.manifest.model import Manifest
@@ -147,10 +146,16 @@ class Spool:
         self.runs = self.root / "runs"
         self.rejected = self.root / "rejected"
         self.lock = DirLock(self.root / ".lock", lock_timeout)
+        # Runs this process is accepting in a worker thread: visible in runs/ before its loop has
+        # activated them from the plan in memory. Until then loading one from its files (10,000 of
+        # them) is refused with Locked, which callers already meet with "again a moment later".
+        self.arriving: set[str] = set()
 
     def waiting_at_most(self, seconds: float) -> Spool:
         """The same spool, seen by a caller that waits at most ``seconds`` for a lock."""
-        return Spool(self.root, durable=self.durable, clock=self.clock, lock_timeout=seconds)
+        spool = Spool(self.root, durable=self.durable, clock=self.clock, lock_timeout=seconds)
+        spool.arriving = self.arriving  # one process, one set of runs arriving
+        return spool
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -204,6 +209,8 @@ class Spool:
             known = self.run_ids()
             hint = f"; latest: {known[-1]}" if known else "; the spool has no runs"
             raise NotFound(str(self.runs / run_id), f"no such run{hint}")
+        if plan is None and run_id in self.arriving:
+            raise Locked(str(self.runs / run_id), 0.0)
         return Run(self, run_id, plan)
 
     def incoming_files(self) -> list[Path]:
@@ -239,4 +246,3 @@ class Spool:
         except FileNotFoundError:
             return False
         return all(not name.startswith(".") and name.endswith((".done", ".failed")) for name in names)
-
