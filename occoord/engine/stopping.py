@@ -15,6 +15,7 @@ from occoord.engine.parts import Component, Parts
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
 from occoord.errors import OccoordError, SessionBusy
+from occoord.spool.bulk import fail_queued_batch
 from occoord.spool.cancel import pending_cancels
 from occoord.spool.states import TaskState
 
@@ -144,13 +145,21 @@ class Stopper(Component):
             self.stop(attempt, reason, retryable=True)
 
     def check_cancel(self, active: ActiveRun) -> None:
-        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
+        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files.
+
+        The queued tasks a request names are failed together (spool.bulk: one durable batch, not
+        three fsyncs each); the request file goes only after that, so a crash honours it again."""
         for path, tasks in pending_cancels(active.run.dir, active.specs):
+            queued = [t for t in tasks if active.states.get(t) is TaskState.QUEUED]
+            if len(queued) > 1:
+                records = fail_queued_batch(active.run.tasks, queued, "cancelled")
+                self.book.moved_together(active, records, TaskState.QUEUED)
+                for task in set(queued) - {r.task for r in records}:
+                    self.book.observe(active.id, task)  # someone moved it first: see where to
+            elif queued:
+                self.book.move(active, queued[0], TaskState.QUEUED, TaskState.FAILED, "cancelled")
             for task in tasks:
-                state = active.states.get(task)
-                if state is TaskState.QUEUED:
-                    self.book.move(active, task, TaskState.QUEUED, TaskState.FAILED, "cancelled")
-                elif state is TaskState.PENDING:
+                if active.states.get(task) is TaskState.PENDING:
                     attempt = self.table.get(active.id, task)
                     if attempt is not None:
                         attempt.cancel_reason = "cancelled"
