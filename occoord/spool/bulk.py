@@ -5,14 +5,16 @@ took ~25 s. A batch keeps every step of :meth:`RunTasks.transition` and its orde
 tasks together, so each crash window is one a single transition also has:
 
 1. claim: ``rename(T.queued, .T.failed.claim)`` for each task (a lost race skips that task);
-2. write each new record to a temp file; make them all durable together (:func:`sync_all`);
-3. replace each claim's content by its new record, rename each claim to ``T.failed``;
+2. give each claim its new record (in place, or by temp file; see :func:`_rewrite_claim`); make
+   them all durable together (:func:`sync_all`);
+3. rename each claim to ``T.failed``;
 4. make the renames durable (one directory fsync), then one journal append holding every line.
 
-A crash in 1-2 leaves claims holding their old record: reconcile undoes them (the task is queued
-again, and the cancel request, removed only after the batch, is honoured again). A crash in 3
-leaves claims holding their new, durable record: reconcile publishes them. A crash before 4's
-journal append leaves files ahead of the journal: reconcile journals them ("after a crash").
+A crash in 1 leaves claims holding their old record: reconcile undoes them (the task is queued
+again, and the cancel request, removed only after the batch, is honoured again). A crash in 2-3
+leaves each claim holding its old record (undone) or its new one (published: the task is failed
+as asked). A crash before 4's journal append leaves files ahead of the journal: reconcile journals
+them ("after a crash").
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import replace
 from json.encoder import encode_basestring
 from pathlib import Path
 
-from occoord.fsutil import append_line, fsync_dir, sync_all, write_new
+from occoord.fsutil import append_line, fsync_dir, rename_holding_gil, sync_all, write_new
 from occoord.spool.journal import EVENTS_FILE, Event, iso
 from occoord.spool.names import format_claim
 from occoord.spool.records import TaskRecord
@@ -34,6 +36,7 @@ from occoord.spool.tasks import RunTasks
 
 __all__ = ["encode_record", "event_lines", "fail_queued_batch"]
 
+_PAGE = 4096  # a write within one page at offset 0 is never left half done by a kill
 _FIELDS = ("protocol", "task", "state", "attempt", "since", "actor", "reason", "session_id", "not_before")
 
 
@@ -86,7 +89,7 @@ def fail_queued_batch(
         for task in names:
             claim = tasks.dir / format_claim(task, target)
             try:
-                os.rename(tasks.path(task, TaskState.QUEUED), claim)
+                rename_holding_gil(tasks.path(task, TaskState.QUEUED), claim)
             except FileNotFoundError:
                 continue
             claimed.append((task, claim))
@@ -94,42 +97,68 @@ def fail_queued_batch(
             return []
         now = iso(tasks.clock())
         records: list[TaskRecord] = []
-        temps: list[Path] = []
+        written: list[Path] = []
+        temps: list[tuple[Path, Path]] = []  # (temp, claim): records that could not go in place
         try:
             for task, claim in claimed:
-                old = TaskRecord.from_bytes(claim.read_bytes()) or TaskRecord(task, TaskState.QUEUED)
-                record = replace(old, state=target, since=now, actor=actor.value, reason=reason)
-                temp = claim.with_name(f".{claim.name}.{secrets.token_hex(4)}.tmp")
-                write_new(temp, encode_record(record))
-                records.append(record)
-                temps.append(temp)
+                records.append(_rewrite_claim(task, claim, target, now, actor, reason, temps))
+                written.append(claim)
             if tasks.durable:
-                sync_all(temps, [tasks.dir])
-            for temp, (_, claim) in zip(temps, claimed, strict=True):
+                sync_all(written + [t for t, _ in temps], [tasks.dir])
+            for temp, claim in temps:
                 os.replace(temp, claim)
         except BaseException:
-            for temp in temps:
+            for temp, _ in temps:
                 _unlink(temp)
             raise
         for task, claim in claimed:
-            os.rename(claim, tasks.path(task, target))
+            rename_holding_gil(claim, tasks.path(task, target))
         if tasks.durable:
             fsync_dir(tasks.dir)
+        source = TaskState.QUEUED.value
         lines = event_lines(
-            Event(
-                now,
-                "transition",
-                r.task,
-                TaskState.QUEUED.value,
-                target.value,
-                actor.value,
-                r.attempt,
-                reason,
-            )
+            Event(now, "transition", r.task, source, target.value, actor.value, r.attempt, reason)
             for r in records
         )
         append_line(tasks.run_dir / EVENTS_FILE, lines, durable=tasks.durable)
     return records
+
+
+def _rewrite_claim(
+    task: str,
+    claim: Path,
+    target: TaskState,
+    now: str,
+    actor: Actor,
+    reason: str,
+    temps: list[tuple[Path, Path]],
+) -> TaskRecord:
+    """Read a claim's old record and give it the new one.
+
+    In place when the new record is at least as long as the old and within one page: a single
+    ``pwrite`` at offset 0, which a kill leaves done or not done (never torn), so the claim holds
+    the old record or the new, as after the temp file and rename a transition uses. That is one
+    inotify event instead of four; the watcher's thread handles each in Python, and a burst of
+    tens of thousands overflows the kernel's queue. Otherwise by temp file (``temps``), replaced
+    onto the claim once every record is durable."""
+    fd = os.open(claim, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        old = TaskRecord.from_bytes(data) or TaskRecord(task, TaskState.QUEUED)
+        record = replace(old, state=target, since=now, actor=actor.value, reason=reason)
+        new = encode_record(record)
+        if len(data) <= len(new) <= _PAGE:
+            os.pwrite(fd, new, 0)
+            return record
+    finally:
+        os.close(fd)
+    temp = claim.with_name(f".{claim.name}.{secrets.token_hex(4)}.tmp")
+    write_new(temp, new)
+    temps.append((temp, claim))
+    return record
 
 
 def _unlink(path: Path) -> None:
