@@ -27,7 +27,6 @@ __all__ = [
     "make_private",
     "move_noclobber",
     "read_limited",
-    "rename_holding_gil",
     "rename_noreplace",
     "sync_all",
     "syncfs",
@@ -249,23 +248,3 @@ def sync_all(files: Iterable[Path], dirs: Iterable[Path]) -> None:
             os.close(fd)
     for path in dirs:
         fsync_dir(path)
-
-
-_pylibc: ctypes.PyDLL | None = None
-
-
-def rename_holding_gil(src: Path, dst: Path) -> None:
-    """``os.rename`` that keeps the GIL through the system call (a PyDLL call).
-
-    For thousands of renames in a row (a batch): ``os.rename`` lets go of the GIL for each, and
-    with the watcher's threads busy on the very events those renames raise, getting it back each
-    time cost ~100 us, ten times the rename. Only for a local, fast call: nothing else in the
-    process runs meanwhile."""
-    global _pylibc
-    if _pylibc is None:
-        _pylibc = ctypes.PyDLL(None, use_errno=True)
-    if _pylibc.rename(os.fsencode(src), os.fsencode(dst)) != 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOENT:
-            raise FileNotFoundError(err, os.strerror(err), str(src), None, str(dst))
-        raise OSError(err, os.strerror(err), str(src), None, str(dst))

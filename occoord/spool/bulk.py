@@ -27,7 +27,7 @@ from dataclasses import replace
 from json.encoder import encode_basestring
 from pathlib import Path
 
-from occoord.fsutil import append_line, fsync_dir, rename_holding_gil, sync_all, write_new
+from occoord.fsutil import append_line, fsync_dir, sync_all, write_new
 from occoord.spool.journal import EVENTS_FILE, Event, iso
 from occoord.spool.names import format_claim
 from occoord.spool.records import TaskRecord
@@ -89,7 +89,7 @@ def fail_queued_batch(
         for task in names:
             claim = tasks.dir / format_claim(task, target)
             try:
-                rename_holding_gil(tasks.path(task, TaskState.QUEUED), claim)
+                os.rename(tasks.path(task, TaskState.QUEUED), claim)
             except FileNotFoundError:
                 continue
             claimed.append((task, claim))
@@ -112,7 +112,7 @@ def fail_queued_batch(
                 _unlink(temp)
             raise
         for task, claim in claimed:
-            rename_holding_gil(claim, tasks.path(task, target))
+            os.rename(claim, tasks.path(task, target))
         if tasks.durable:
             fsync_dir(tasks.dir)
         source = TaskState.QUEUED.value
