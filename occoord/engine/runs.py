@@ -45,7 +45,11 @@ class ActiveRun:
 
     def refresh(self) -> None:
         """Re-read every task's state from one listing and recompute readiness."""
-        found = self.run.tasks.states()
+        if self.run.fresh:  # just accepted: all queued (a change since has its hint queued)
+            self.run.fresh = False
+            found: dict[str, TaskState] = {}
+        else:
+            found = self.run.tasks.states()
         self.states = {t: found.get(t, TaskState.QUEUED) for t in self.specs}
         self.ready = {t: None for t in self.specs if self._is_ready(t)}
         # Unfinished tasks, kept by set_state: finished() is asked after every task's end, and

@@ -60,6 +60,9 @@ class Run:
         self.id = run_id
         self.dir = spool.runs / run_id
         self._accepted_at: str | None = None
+        # Just built by accept (``plan`` given): every task queued as written, so the engine's first
+        # look at it needs no listing of its 10,000 files.
+        self.fresh = plan is not None
         if plan is not None:
             self.manifest: Manifest = plan
         else:
