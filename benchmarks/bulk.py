@@ -154,7 +154,9 @@ def _measure(sim: Any, watcher: Any, spool: Path, workdir: Path, tasks: int) -> 
     first = watcher_first.prompt
     quiet = [ms for mono, ms in samples[:QUIET]]
     # A signal is "during acceptance" if it was in flight at any moment between drop and first prompt.
-    during = [ms for mono, ms in samples[QUIET:] if mono <= first and mono + ms / 1000 >= dropped]
+    inflight = [(mono, ms) for mono, ms in samples[QUIET:] if mono <= first and mono + ms / 1000 >= dropped]
+    during = [ms for _, ms in inflight]
+    worst_at = max(inflight, key=lambda x: x[1])[0] - dropped if inflight else 0.0
     visible = watcher_first.visible if watcher_first.visible is not None else first
 
     # (c) cancel the big run: nearly every task is queued.
@@ -185,6 +187,8 @@ def _measure(sim: Any, watcher: Any, spool: Path, workdir: Path, tasks: int) -> 
         "signals_during_accept": len(during),
         "stall_worst_ms": max(during) if during else 0.0,
         "stall_over_quiet_ms": (max(during) if during else 0.0) - percentile(quiet, 50),
+        "stall_signal_at_s": worst_at,  # when the worst signal was sent, from the drop
+        "signal_during_p50_ms": percentile(during, 50),
         "cancel_command_s": returned - begin,
         "cancel_s": ended - begin,
         "cancelled_failed": failed,
