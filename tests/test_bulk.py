@@ -197,3 +197,28 @@ def test_a_batch_killed_at_any_moment_reconciles_to_one_consistent_state_per_tas
         assert failed == sum(1 for p in visible if p and p.state is TaskState.FAILED), "journalled once"
     assert outcomes == {"queued", "failed"}, "the kills fell both before and after the batch"
     assert interrupted, "some kill fell inside a batch (claims were left)"
+
+
+def test_cancel_with_no_coordinator_fails_queued_and_pending_tasks_at_once(tmp_path: Path) -> None:
+    from spoolkit import new_run
+    from test_cli import occoord
+
+    spool = Spool(tmp_path / "spool").init()
+    run = new_run(spool, ["a", "b", "c", "d"])
+    run.tasks.transition("a", TaskState.QUEUED, TaskState.PENDING)
+    run.tasks.transition("d", TaskState.QUEUED, TaskState.DONE)
+    outcome = occoord("cancel", "--spool", spool.root, run.id)
+    assert outcome.code == 0, outcome
+    assert outcome.stdout.splitlines() == [f"{run.id}/{t}: failed (cancelled)" for t in "abc"]
+    assert run.tasks.states() == {
+        "a": TaskState.FAILED,
+        "b": TaskState.FAILED,
+        "c": TaskState.FAILED,
+        "d": TaskState.DONE,
+    }
+    for name in "abc":
+        record = run.tasks.read(name)
+        assert record is not None and record.actor == "outside"
+        assert record.reason == "cancelled (no coordinator was running)"
+    assert run.tasks.reconcile() == [] and not (run.dir / "cancel").exists()
+    assert occoord("cancel", "--spool", spool.root, run.id, "zz").code != 0
