@@ -33,6 +33,7 @@ from benchmarks.harness import (
     drop,
     manifest,
     percentile,
+    proc_status_kb,
     run_dir,
     start_simulator,
     start_watcher,
@@ -102,7 +103,9 @@ def measure(tasks: int) -> dict[str, Any]:
     sim = start_simulator()
     watcher = start_watcher(spool, workdir, sim.url, root / "watch.log")
     try:
-        return _measure(sim, watcher, spool, workdir, tasks)
+        result = _measure(sim, watcher, spool, workdir, tasks)
+        result["watcher_vmhwm_mb"] = proc_status_kb(watcher.pid, "VmHWM") / 1024
+        return result
     finally:
         watcher.stop()
         sim.stop()
