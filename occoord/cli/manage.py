@@ -27,39 +27,47 @@ def cancel(spool_dir: Path, run_id: str, task: str | None) -> None:
     coordinator running, queued and pending tasks are failed right away.
     """
     from occoord.engine.service import SpoolLock
+    from occoord.spool.bulk import fail_queued_batch
     from occoord.spool.cancel import request_cancel
+    from occoord.spool.tasks import RunTasks
 
     spool = open_spool(spool_dir, create=False)
-    the_run = spool.run(run_id)
-    if task is not None and task not in {t.id for t in the_run.manifest.tasks}:
+    # The task ids alone: building a 10,000-task plan to drop a request file took 0.2 s.
+    ids = spool.task_ids(run_id)
+    if task is not None and task not in ids:
         raise click.BadParameter(f"run {run_id} has no task {task!r}", param_hint="TASK")
-    states = the_run.tasks.states()
-    wanted = [task] if task else [t.id for t in the_run.manifest.tasks]
+    run_dir = spool.runs / run_id
+    states = RunTasks(run_dir, ids, durable=spool.durable).states()
+    wanted = [task] if task else ids
     if all(states.get(name, TaskState.QUEUED).terminal for name in wanted):
         # Nothing to cancel; a request file would only linger and strike after a later requeue.
         what = f"task {task} is {states.get(task or '')}" if task else "the run is finished"
-        raise SpoolError(str(the_run.dir), f"nothing to cancel: {what}")
+        raise SpoolError(str(run_dir), f"nothing to cancel: {what}")
     lock = SpoolLock(spool)
     if not lock.try_acquire():
-        path = request_cancel(the_run, task)
+        path = request_cancel(run_dir, task)
         click.echo(f"cancel requested: {path}")
         return
     try:
-        tasks = [task] if task else [t.id for t in the_run.manifest.tasks]
-        for name in tasks:
+        the_run = spool.run(run_id)
+        reason = "cancelled (no coordinator was running)"
+        pending = []
+        for name in wanted:
             the_run.tasks.reconcile([name])
-            state = the_run.tasks.current(name)
-            if state in (TaskState.QUEUED, TaskState.PENDING):
-                try:
-                    the_run.tasks.transition(
-                        name,
-                        state,
-                        TaskState.FAILED,
-                        actor=Actor.OUTSIDE,
-                        reason="cancelled (no coordinator was running)",
-                    )
-                except TransitionConflict:
-                    continue
+            if the_run.tasks.current(name) is TaskState.PENDING:
+                pending.append(name)
+        queued = [n for n in wanted if n not in set(pending)]
+        failed = {r.task for r in fail_queued_batch(the_run.tasks, queued, reason, Actor.OUTSIDE)}
+        for name in pending:
+            try:
+                the_run.tasks.transition(
+                    name, TaskState.PENDING, TaskState.FAILED, actor=Actor.OUTSIDE, reason=reason
+                )
+            except TransitionConflict:
+                continue
+            failed.add(name)
+        for name in wanted:
+            if name in failed:
                 click.echo(f"{run_id}/{name}: failed (cancelled)")
     finally:
         lock.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -148,6 +149,8 @@ class RunBook:
         active = self.runs.get(run_id) or self.activate(run_id)
         if active is None or task not in active.specs:
             return
+        if active.echo(task):
+            return  # our own batch's rename coming back (a big cancel): the cache has it
         active.run.tasks.reconcile([task])
         state = active.run.tasks.current(task)
         old = active.states.get(task)
@@ -172,6 +175,14 @@ class RunBook:
             return None
         self._changed(active, task, source, target)
         return record
+
+    def moved_together(self, active: ActiveRun, records: Sequence[TaskRecord], old: TaskState) -> None:
+        """The bookkeeping of transitions made as one batch (spool.bulk): the cache first, so that
+        no task of the batch is failed again as another's dependent, then each one's follow-up."""
+        for record in records:
+            active.set_state(record.task, record.state)
+        for record in records:
+            self._changed(active, record.task, old, record.state)
 
     def _changed(self, active: ActiveRun, task: str, old: TaskState | None, new: TaskState) -> None:
         active.set_state(task, new)

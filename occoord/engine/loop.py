@@ -131,6 +131,7 @@ class Coordinator:
             self.clock,
             IntakeSettings(config.settle_seconds, config.open_writer_seconds),
             accepted=lambda run_id, plan: self._accepted(run_id, plan),
+            scheduler=self.scheduler,
         )
         first = self.pool.get(self.pool.default)
         self.report = WatcherReport(

@@ -8,7 +8,9 @@ dependency is done.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from occoord.manifest.model import TaskSpec
@@ -26,6 +28,11 @@ class ActiveRun:
     dependents: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def __post_init__(self) -> None:
+        # Queued tasks a cancel is failing chunk by chunk: never ready meanwhile.
+        self.cancelling: set[str] = set()
+        # Hints our own batch's renames will bring back, per task (see echo()), and their total.
+        self.echoes: dict[str, int] = {}
+        self.echoes_due = 0
         self.specs: dict[str, TaskSpec] = {t.id: t for t in self.run.manifest.tasks}
         for spec in self.run.manifest.tasks:
             for dep in spec.depends_on:
@@ -38,7 +45,11 @@ class ActiveRun:
 
     def refresh(self) -> None:
         """Re-read every task's state from one listing and recompute readiness."""
-        found = self.run.tasks.states()
+        if self.run.fresh:  # just accepted: all queued (a change since has its hint queued)
+            self.run.fresh = False
+            found: dict[str, TaskState] = {}
+        else:
+            found = self.run.tasks.states()
         self.states = {t: found.get(t, TaskState.QUEUED) for t in self.specs}
         self.ready = {t: None for t in self.specs if self._is_ready(t)}
         # Unfinished tasks, kept by set_state: finished() is asked after every task's end, and
@@ -46,8 +57,10 @@ class ActiveRun:
         self.unfinished = sum(1 for s in self.states.values() if not s.terminal)
 
     def _is_ready(self, task: str) -> bool:
-        return self.states[task] is TaskState.QUEUED and all(
-            self.states[d] is TaskState.DONE for d in self.specs[task].depends_on
+        return (
+            self.states[task] is TaskState.QUEUED
+            and task not in self.cancelling
+            and all(self.states[d] is TaskState.DONE for d in self.specs[task].depends_on)
         )
 
     def set_state(self, task: str, state: TaskState) -> None:
@@ -64,6 +77,44 @@ class ActiveRun:
                     self.ready[child] = None
                 else:
                     self.ready.pop(child, None)
+
+    def hold(self, tasks: Iterable[str]) -> None:
+        """Keep ``tasks`` from being dispatched while a cancel fails them."""
+        for task in tasks:
+            self.cancelling.add(task)
+            self.ready.pop(task, None)
+
+    def release(self, tasks: Iterable[str]) -> None:
+        """The cancel is over: a task it did not fail (someone moved it first) may be ready again."""
+        for task in tasks:
+            self.cancelling.discard(task)
+            if task in self.states and self._is_ready(task):
+                self.ready[task] = None
+
+    def expect_echoes(self, tasks: Iterable[str], per_task: int) -> None:
+        """Our own batch renamed these tasks' files: each rename comes back as a hint."""
+        for task in tasks:
+            self.echoes[task] = self.echoes.get(task, 0) + per_task
+            self.echoes_due += per_task
+
+    def echo(self, task: str) -> bool:
+        """True if this hint is one of our batch's renames coming back, with the task's file still
+        where that batch put it: nothing to re-read. Anything else anyone does to the file sends
+        hints of its own, which are not echoes (an echo lost meanwhile only delays them to the
+        rescan, as any lost hint would)."""
+        due = self.echoes.get(task)
+        if not due:
+            return False
+        if due == 1:
+            del self.echoes[task]
+        else:
+            self.echoes[task] = due - 1
+        self.echoes_due -= 1
+        return os.path.lexists(self.run.tasks.path(task, self.states[task]))
+
+    def forget_echoes(self) -> None:
+        self.echoes.clear()
+        self.echoes_due = 0
 
     def blocked_by_failure(self) -> list[tuple[str, str]]:
         """Queued tasks that can never run: (task, the failed dependency)."""

@@ -7,7 +7,9 @@ attempt waits, holding its slot.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 from occoord.backoff import Backoff
 from occoord.engine.attempts import Attempt
@@ -15,6 +17,7 @@ from occoord.engine.parts import Component, Parts
 from occoord.engine.runs import ActiveRun
 from occoord.engine.settle import Settler
 from occoord.errors import OccoordError, SessionBusy
+from occoord.spool.bulk import fail_queued_batch
 from occoord.spool.cancel import pending_cancels
 from occoord.spool.states import TaskState
 
@@ -24,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Stopping a session the server cannot be asked about yet: again after 1 s, 2 s, ... 30 s apart.
 STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
+# A cancel of more queued tasks than this goes chunk by chunk (each chunk's renames are ~5 inotify
+# events a task; the kernel queues 16,384 by default).
+CANCEL_CHUNK = 1000
+ECHO_WAIT = 1.0  # seconds a chunk waits for the previous chunk's hints (lost ones are not waited for)
 
 
 class Stopper(Component):
@@ -38,6 +45,7 @@ class Stopper(Component):
         self._moved: set[str] = set()  # servers down past the timeout whose attempts were moved
         # Sessions of attempts failed while their server was away: aborted when it is back.
         self.leftovers: dict[str, list[tuple[str, str]]] = {}
+        self._cancelling: set[str] = set()  # runs a cancel job is failing chunk by chunk
 
     def check_timeouts(self, now: float) -> None:
         for expiry in self.table.expired(now):
@@ -144,17 +152,79 @@ class Stopper(Component):
             self.stop(attempt, reason, retryable=True)
 
     def check_cancel(self, active: ActiveRun) -> None:
-        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files."""
+        """Honour ``runs/RUN/cancel`` (whole run) and ``runs/RUN/cancel.TASK`` request files.
+
+        The queued tasks a request names are failed in batches (spool.bulk: one durable batch, not
+        three fsyncs each), a big cancel chunk by chunk in the background; the request file goes
+        only after that, so a crash honours it again."""
+        if active.id in self._cancelling:
+            return  # a cancel job is at work on this run; it removes its request when done
         for path, tasks in pending_cancels(active.run.dir, active.specs):
-            for task in tasks:
-                state = active.states.get(task)
-                if state is TaskState.QUEUED:
-                    self.book.move(active, task, TaskState.QUEUED, TaskState.FAILED, "cancelled")
-                elif state is TaskState.PENDING:
-                    attempt = self.table.get(active.id, task)
-                    if attempt is not None:
-                        attempt.cancel_reason = "cancelled"
-                        self.stop(attempt, "cancelled", retryable=False)
-                    else:
-                        self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
+            queued = [t for t in tasks if active.states.get(t) is TaskState.QUEUED]
+            self._stop_pending(active, tasks)
+            if len(queued) > CANCEL_CHUNK:
+                self._cancelling.add(active.id)
+                active.hold(queued)
+                self.scheduler.spawn(self._cancel_in_chunks(active, path, queued))
+                return  # the next request is looked at once this one is done
+            self._fail_queued(active, queued, echoes=False)
             path.unlink(missing_ok=True)
+
+    def _stop_pending(self, active: ActiveRun, tasks: list[str]) -> None:
+        for task in tasks:
+            if active.states.get(task) is TaskState.PENDING:
+                attempt = self.table.get(active.id, task)
+                if attempt is not None:
+                    attempt.cancel_reason = "cancelled"
+                    self.stop(attempt, "cancelled", retryable=False)
+                else:
+                    self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
+
+    def _fail_queued(self, active: ActiveRun, queued: list[str], *, echoes: bool) -> None:
+        queued = [t for t in queued if active.states.get(t) is TaskState.QUEUED]
+        if len(queued) == 1:
+            self.book.move(active, queued[0], TaskState.QUEUED, TaskState.FAILED, "cancelled")
+            return
+        if not queued:
+            return
+        records = fail_queued_batch(active.run.tasks, queued, "cancelled")
+        if echoes:
+            # Each task's claim and publish renames come back as two hints: re-reading 10,000
+            # files for them would cost the loop seconds.
+            active.expect_echoes((r.task for r in records), 2)
+        self.book.moved_together(active, records, TaskState.QUEUED)
+        for task in set(queued) - {r.task for r in records}:
+            self.book.observe(active.id, task)  # someone moved it first: see where to
+
+    async def _cancel_in_chunks(self, active: ActiveRun, path: Path, queued: list[str]) -> None:
+        """Fail a big cancel's queued tasks a chunk at a time, each chunk once the watcher has
+        passed on the previous one's renames: a burst of 50,000 inotify events overflows the
+        kernel's queue (events of every run lost), and the loop serves everything else between."""
+        done = False
+        try:
+            for start in range(0, len(queued), CANCEL_CHUNK):
+                if start:
+                    await _echoes_back(active, CANCEL_CHUNK)
+                if self.book.runs.get(active.id) is not active:
+                    return  # finished or unloaded meanwhile
+                self._fail_queued(active, queued[start : start + CANCEL_CHUNK], echoes=True)
+            path.unlink(missing_ok=True)
+            await _echoes_back(active, 0)
+            done = True
+        except (OccoordError, OSError) as exc:
+            # The request stays: the next rescan (or hint) tries again.
+            log.warning("run %s: cancel interrupted (again later): %s", active.id, exc)
+        finally:
+            self._cancelling.discard(active.id)
+            active.release(queued)
+            active.forget_echoes()
+        if done and self.book.runs.get(active.id) is active:
+            self.check_cancel(active)  # requests that came meanwhile (a cancel.TASK)
+
+
+async def _echoes_back(active: ActiveRun, allowed: int) -> None:
+    """Wait (at most ECHO_WAIT s) until at most ``allowed`` of our renames' hints are still due."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ECHO_WAIT
+    while active.echoes_due > allowed and loop.time() < deadline:
+        await asyncio.sleep(0.002)

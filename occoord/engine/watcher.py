@@ -11,6 +11,7 @@ One recursive watch over the whole spool: a rename from incoming/ into runs/ pai
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,9 @@ WATCHED = (
     DirMovedEvent,
     DirDeletedEvent,
 )
+
+
+_STAGING = ".partial" + os.sep  # inside a hidden runs/.RUN.partial/ (spool.accept)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,11 @@ def classify(root: Path, event: FileSystemEvent) -> list[Hint]:
     """The hints one watchdog event gives (a move gives one for each end)."""
     hints: list[Hint] = []
     if event.event_type in ("opened", "closed_no_write"):
+        return hints
+    if _STAGING in str(event.src_path)[len(str(root)) :]:
+        # A run being built (runs/.RUN.partial/...), or, once published, watchdog's one "moved"
+        # event per file inside it: 10,000 task hints for files whose state the loop knows already.
+        # The publishing rename of the directory itself still hints the run.
         return hints
     if event.is_directory and event.event_type == "modified":
         # watchdog adds "parent directory modified" to every create, delete, move and close-write.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -89,6 +90,11 @@ def build_manifest(doc: Any, checker: Checker, stem: str) -> Manifest | None:
     deps_at: list[tuple[str, tuple[str, ...]]] = []  # (field, dependencies) of each task
     repos = Repositories()
     for index, raw in enumerate(raw_tasks):
+        if index % 256 == 255:
+            # A big manifest is parsed in the engine's worker thread: let the loop (and the
+            # watcher's threads) have the GIL now and then, not only when the interpreter forces it
+            # every 5 ms; each of their system calls would otherwise wait that long to go on.
+            time.sleep(0)
         where = f"tasks[{index}]"
         if not isinstance(raw, dict):
             checker.add(where, f"must be an object, got {kind(raw)}")

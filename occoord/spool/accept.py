@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +35,18 @@ from occoord.fsutil import (
     make_private,
     move_noclobber,
     read_limited,
+    sync_all,
+    write_new,
 )
 from occoord.manifest.load import format_for, parse_manifest
 from occoord.manifest.model import MAX_MANIFEST_BYTES, Manifest
-from occoord.spool.journal import Event, append_event, iso
+from occoord.spool.bulk import encode_record, event_lines
+from occoord.spool.journal import EVENTS_FILE, Event, iso
 from occoord.spool.layout import Spool
-from occoord.spool.names import format_rejected, is_ignored_incoming, printable
+from occoord.spool.names import format_rejected, format_state, is_ignored_incoming, printable
 from occoord.spool.records import TaskRecord
 from occoord.spool.states import Actor, TaskState
-from occoord.spool.tasks import TASKS_DIR, RunTasks
+from occoord.spool.tasks import TASKS_DIR
 
 __all__ = ["AcceptOutcome", "accept_file", "build_run", "reject", "undo_partial"]
 
@@ -60,7 +64,13 @@ class AcceptOutcome:
     manifest: Manifest | None = None  # accepted: the plan just written (saves re-reading run.json)
 
 
-def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
+def accept_file(
+    spool: Spool, path: Path, *, settled: bool, publishing: Callable[[str], None] | None = None
+) -> AcceptOutcome:
+    """Accept, reject or leave one file of incoming/ (the steps in the module's doc).
+
+    ``publishing`` is told the run id just before the run becomes visible (the engine, accepting in
+    a worker thread, marks the run as arriving so its loop does not load it from the files)."""
     name = path.name
     if is_ignored_incoming(name):
         return AcceptOutcome("ignored", path, reason="a temporary name")
@@ -118,6 +128,8 @@ def accept_file(spool: Spool, path: Path, *, settled: bool) -> AcceptOutcome:
             log.warning("cannot make %s private: %s", claimed, exc.strerror)
         if spool.durable:
             fsync_dir(staging)
+        if publishing is not None:
+            publishing(run_id)
         os.rename(staging, spool.runs / run_id)
         if spool.durable:
             fsync_dir(spool.runs)
@@ -167,10 +179,16 @@ def _same_inode(a: Path, b: Path) -> bool:
 
 
 def build_run(spool: Spool, run_id: str, manifest: Manifest, source_name: str) -> Path:
-    """Write a run's files into a hidden staging directory; return it (not yet visible)."""
+    """Write a run's files into a hidden staging directory; return it (not yet visible).
+
+    Nobody sees the staging directory, and a crash before its publishing rename undoes it whole
+    (:func:`undo_partial`), so its files need neither temp names nor an fsync each: they are
+    written plainly and made durable together before :func:`accept_file` publishes them.
+    """
     staging = spool.runs / f".{run_id}.partial"
     staging.mkdir(mode=DIR_MODE)
-    (staging / TASKS_DIR).mkdir(mode=DIR_MODE)
+    tasks_dir = staging / TASKS_DIR
+    tasks_dir.mkdir(mode=DIR_MODE)
     (staging / "results").mkdir(mode=DIR_MODE)
     now = iso(spool.clock())
     meta = {
@@ -180,38 +198,21 @@ def build_run(spool: Spool, run_id: str, manifest: Manifest, source_name: str) -
         "accepted_at": now,
         "plan": manifest.to_json(),
     }
-    atomic_write(
-        staging / "run.json",
-        json.dumps(meta, indent=1).encode() + b"\n",
-        durable=spool.durable,
-        sync_dir=False,
-    )
-    tasks = RunTasks(staging, [t.id for t in manifest.tasks], durable=spool.durable)
-    append_event(staging, Event(now, "run", reason=f"accepted {source_name}"), durable=False)
+    written = [staging / "run.json", staging / EVENTS_FILE]
+    write_new(written[0], json.dumps(meta, indent=1).encode() + b"\n")
+    events = [Event(now, "run", reason=f"accepted {source_name}")]
+    coordinator = Actor.COORDINATOR.value
     for spec in manifest.tasks:
-        first = TaskRecord(spec.id, TaskState.QUEUED, since=now, reason="accepted", not_before=spec.not_before)
-        tasks.create(spec.id, first)
-        append_event(
-            staging,
-            Event(
-                now,
-                "transition",
-                spec.id,
-                None,
-                "queued",
-                Actor.COORDINATOR.value,
-                0,
-                "accepted",
-            ),
-            durable=False,
+        first = TaskRecord(
+            spec.id, TaskState.QUEUED, since=now, reason="accepted", not_before=spec.not_before
         )
+        path = tasks_dir / format_state(spec.id, TaskState.QUEUED)
+        write_new(path, encode_record(first))
+        written.append(path)
+        events.append(Event(now, "transition", spec.id, None, "queued", coordinator, 0, "accepted"))
+    write_new(written[1], event_lines(events))
     if spool.durable:
-        for path in (staging / TASKS_DIR, staging / "events.jsonl"):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        sync_all(written, [tasks_dir, staging / "results", staging])
     return staging
 
 

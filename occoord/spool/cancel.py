@@ -16,8 +16,10 @@ from occoord.spool.layout import Run
 __all__ = ["pending_cancels", "request_cancel"]
 
 
-def request_cancel(run: Run, task: str | None = None) -> Path:
-    path = run.dir / ("cancel" if task is None else f"cancel.{task}")
+def request_cancel(run: Run | Path, task: str | None = None) -> Path:
+    """Drop the request file in ``run`` (a Run, or its directory)."""
+    run_dir = run if isinstance(run, Path) else run.dir
+    path = run_dir / ("cancel" if task is None else f"cancel.{task}")
     atomic_write(path, b"cancel requested\n")
     return path
 

@@ -30,12 +30,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from occoord.errors import ManifestError, NotFound, SpoolError
+from occoord.errors import Locked, ManifestError, NotFound, SpoolError
 from occoord.fsutil import DIR_MODE, atomic_write
 from occoord.manifest.load import manifest_from_plan
 from occoord.manifest.model import Manifest
@@ -61,6 +61,9 @@ class Run:
         self.id = run_id
         self.dir = spool.runs / run_id
         self._accepted_at: str | None = None
+        # Just built by accept (``plan`` given): every task queued as written, so the engine's first
+        # look at it needs no listing of its 10,000 files.
+        self.fresh = plan is not None
         if plan is not None:
             self.manifest: Manifest = plan
         else:
@@ -79,14 +82,18 @@ class Run:
         )
 
     def _meta(self) -> dict[str, Any]:
+        return Run._read_meta(self.dir)
+
+    @staticmethod
+    def _read_meta(run_dir: Path) -> dict[str, Any]:
         try:
-            meta = json.loads((self.dir / "run.json").read_bytes())
+            meta = json.loads((run_dir / "run.json").read_bytes())
         except FileNotFoundError:
-            raise NotFound(str(self.dir), "no such run") from None
+            raise NotFound(str(run_dir), "no such run") from None
         except ValueError as exc:
-            raise SpoolError(str(self.dir / "run.json"), f"unreadable run plan: {exc}") from exc
+            raise SpoolError(str(run_dir / "run.json"), f"unreadable run plan: {exc}") from exc
         if not isinstance(meta, dict):
-            raise SpoolError(str(self.dir / "run.json"), "unreadable run plan: not a JSON object")
+            raise SpoolError(str(run_dir / "run.json"), "unreadable run plan: not a JSON object")
         return meta
 
     @property
@@ -100,7 +107,24 @@ class Run:
         return self.dir / "results"
 
     def records(self) -> dict[str, TaskRecord | None]:
-        return {t.id: self.tasks.read(t.id) for t in self.manifest.tasks}
+        """Every task's record, as ``tasks.read`` gives it, with one listing for the states instead
+        of a stat per possible state of each task (a 10,000-task summary spent seconds on them)."""
+        states = self.tasks.states()
+        out: dict[str, TaskRecord | None] = {}
+        for spec in self.manifest.tasks:
+            state = states.get(spec.id)
+            record: TaskRecord | None = None
+            if state is not None:
+                try:
+                    data = self.tasks.path(spec.id, state).read_bytes()
+                except FileNotFoundError:
+                    pass  # moved since the listing: read() looks again
+                else:
+                    record = TaskRecord.from_bytes(data) or TaskRecord(spec.id, state)
+                    if record.state is not state:
+                        record = replace(record, state=state)
+            out[spec.id] = record if record is not None else self.tasks.read(spec.id)
+        return out
 
     def finished(self) -> bool:
         states = self.tasks.states()
@@ -147,10 +171,16 @@ class Spool:
         self.runs = self.root / "runs"
         self.rejected = self.root / "rejected"
         self.lock = DirLock(self.root / ".lock", lock_timeout)
+        # Runs this process is accepting in a worker thread: visible in runs/ before its loop has
+        # activated them from the plan in memory. Until then loading one from its files (10,000 of
+        # them) is refused with Locked, which callers already meet with "again a moment later".
+        self.arriving: set[str] = set()
 
     def waiting_at_most(self, seconds: float) -> Spool:
         """The same spool, seen by a caller that waits at most ``seconds`` for a lock."""
-        return Spool(self.root, durable=self.durable, clock=self.clock, lock_timeout=seconds)
+        spool = Spool(self.root, durable=self.durable, clock=self.clock, lock_timeout=seconds)
+        spool.arriving = self.arriving  # one process, one set of runs arriving
+        return spool
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -199,12 +229,28 @@ class Spool:
             return []
         return sorted(n for n in names if parse_run_id(n) and (self.runs / n).is_dir())
 
-    def run(self, run_id: str, plan: Manifest | None = None) -> Run:
+    def run_dir_checked(self, run_id: str) -> Path:
+        """``runs/<run_id>``; NotFound (naming the latest run) if there is no such run."""
         if not parse_run_id(run_id) or not (self.runs / run_id).is_dir():
             known = self.run_ids()
             hint = f"; latest: {known[-1]}" if known else "; the spool has no runs"
             raise NotFound(str(self.runs / run_id), f"no such run{hint}")
+        return self.runs / run_id
+
+    def run(self, run_id: str, plan: Manifest | None = None) -> Run:
+        self.run_dir_checked(run_id)
+        if plan is None and run_id in self.arriving:
+            raise Locked(str(self.runs / run_id), 0.0)
         return Run(self, run_id, plan)
+
+    def task_ids(self, run_id: str) -> list[str]:
+        """A run's task ids from its run.json, without building (and checking) its whole plan."""
+        self.run_dir_checked(run_id)
+        meta = Run._read_meta(self.runs / run_id)
+        try:
+            return [str(t["id"]) for t in meta["plan"]["tasks"]]
+        except (KeyError, TypeError) as exc:
+            raise SpoolError(str(self.runs / run_id / "run.json"), f"unreadable run plan: {exc}") from exc
 
     def incoming_files(self) -> list[Path]:
         try:
@@ -239,4 +285,3 @@ class Spool:
         except FileNotFoundError:
             return False
         return all(not name.startswith(".") and name.endswith((".done", ".failed")) for name in names)
-

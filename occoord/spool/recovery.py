@@ -13,9 +13,9 @@ import stat
 import time
 from pathlib import Path
 
-from occoord.spool.accept import undo_partial
 from occoord.errors import SpoolError
 from occoord.fsutil import fsync_dir, is_atomic_write_temp
+from occoord.spool.accept import undo_partial
 from occoord.spool.layout import Spool
 from occoord.spool.names import is_ignored_incoming, parse_rejected, printable, rejected_part
 
