@@ -31,6 +31,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
+from occoord.engine.inotify import DirModifiedOverflow, InotifyTree, available
 from occoord.spool.names import is_ignored_incoming, parse_run_id, parse_state
 
 __all__ = ["Hint", "SpoolWatcher", "classify"]
@@ -144,15 +145,47 @@ class _Handler(FileSystemEventHandler):
 
 
 class SpoolWatcher:
-    """A recursive watch over the spool that calls ``sink`` (thread-safe!) with each hint."""
+    """A recursive watch over the spool that calls ``sink`` (thread-safe!) with each hint, or
+    ``sink_many`` with each batch of them (one hand-over to the loop per batch)."""
 
-    def __init__(self, root: Path, sink: Callable[[Hint], object], *, polling: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sink: Callable[[Hint], object],
+        *,
+        polling: bool = False,
+        sink_many: Callable[[list[Hint]], object] | None = None,
+    ) -> None:
         self.root = root
         self.sink = sink
+        self.sink_many = sink_many
         self.polling = polling
         self._observer: BaseObserver | None = None
+        self._tree: InotifyTree | None = None
+
+    def _deliver(self, events: list[FileSystemEvent]) -> None:
+        hints: dict[Hint, None] = {}  # in order, each once: a hint only says "look again"
+        for event in events:
+            if isinstance(event, DirModifiedOverflow):
+                log.warning("watcher: the kernel dropped events (queue overflow); rescanning")
+                hints[Hint("rescan")] = None
+                continue
+            for hint in classify(self.root, event):
+                hints[hint] = None
+        if not hints:
+            return
+        if self.sink_many is not None:
+            self.sink_many(list(hints))
+        else:
+            for hint in hints:
+                self.sink(hint)
 
     def start(self) -> None:
+        if not self.polling and Observer is InotifyObserver and available():
+            tree = InotifyTree(str(self.root), self._deliver)
+            tree.start()
+            self._tree = tree
+            return
         observer: BaseObserver
         if self.polling:
             observer = PollingObserver(timeout=1.0)
@@ -171,6 +204,8 @@ class SpoolWatcher:
         self._observer = observer
 
     def alive(self) -> bool:
+        if self._tree is not None:
+            return self._tree.alive()
         return self._observer is not None and self._observer.is_alive()
 
     def restart(self) -> None:
@@ -179,6 +214,9 @@ class SpoolWatcher:
         self.start()
 
     def stop(self) -> None:
+        if self._tree is not None:
+            self._tree.stop()
+            self._tree = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
