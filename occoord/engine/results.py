@@ -44,9 +44,16 @@ class ResultKeeper:
             return
         data = outcome.text.encode("utf-8", "replace")
         durable = self.book.spool.durable
-        atomic_write(run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md", data, durable=durable)
         newest = self._newest_attempt(attempt)
-        if newest is None or newest <= attempt.attempt:
+        latest = newest is None or newest <= attempt.attempt
+        # Both files are fsynced; one fsync of results/ after the last rename covers both names.
+        atomic_write(
+            run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md",
+            data,
+            durable=durable,
+            sync_dir=not latest,
+        )
+        if latest:
             atomic_write(run_dir / "results" / f"{attempt.task}.md", data, durable=durable)
 
     def _newest_attempt(self, attempt: Attempt) -> int | None:
