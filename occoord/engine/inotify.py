@@ -34,6 +34,8 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
+from occoord.spool.echoes import ECHOES
+
 __all__ = ["InotifyTree", "available"]
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,10 @@ class InotifyTree:
         self._wds: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._echoes = False
 
     def start(self) -> None:
+        self.root = os.path.abspath(self.root)  # how RunTasks names its renames (echoes.py)
         fd = _lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             code = ctypes.get_errno()
@@ -105,6 +109,8 @@ class InotifyTree:
         if self._add(self.root, top=True) is None:
             raise FileNotFoundError(errno.ENOENT, "cannot watch", self.root)
         self._walk(self.root, created=False, out=[])
+        ECHOES.enable()
+        self._echoes = True
         self._thread = threading.Thread(target=self._run, name="occoord-inotify", daemon=True)
         self._thread.start()
 
@@ -125,6 +131,9 @@ class InotifyTree:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._wake_r = self._wake_w = -1
+        if self._echoes:
+            self._echoes = False
+            ECHOES.disable()
 
     # -- watches -------------------------------------------------------------------------------
 
@@ -215,8 +224,10 @@ class InotifyTree:
                 continue
             if not raw:
                 continue  # about the directory itself (DELETE_SELF): its parent reports it too
-            path = f"{base}/{os.fsdecode(raw)}"
             is_dir = bool(mask & IN_ISDIR)
+            if raw[:1] == b"." and not is_dir:
+                continue  # temp files, claims, locks: no hidden file gives a hint (classify)
+            path = f"{base}/{os.fsdecode(raw)}"
             if mask & IN_CREATE:
                 if is_dir:
                     out.append(DirCreatedEvent(path))
@@ -227,6 +238,8 @@ class InotifyTree:
             elif mask & IN_CLOSE_WRITE:
                 out.append(FileClosedEvent(path))
             elif mask & IN_MOVED_FROM:
+                if not is_dir and ECHOES.consume(False, path):
+                    continue  # our own transition: the book knows already
                 if is_dir:
                     # Its watches follow the directory: a rename within the tree (.partial ->
                     # runs/RUN) re-points them below; one that left the tree is forgotten then.
@@ -235,6 +248,8 @@ class InotifyTree:
                 else:
                     out.append(FileMovedEvent(path, ""))
             elif mask & IN_MOVED_TO:
+                if not is_dir and ECHOES.consume(True, path):
+                    continue
                 if is_dir:
                     out.append(DirMovedEvent("", path))
                     if self._add(path) is not None:

@@ -66,11 +66,12 @@ class Hint:
 
 
 def _hint_for(root: Path, path: str, *, settled: bool) -> Hint | None:
-    try:
-        rel = Path(path).relative_to(root)
-    except ValueError:
+    # By string, not pathlib: this runs for every event (several per task lifecycle).
+    base = str(root)
+    if not path.startswith(base) or path[len(base) : len(base) + 1] != "/":
         return None
-    parts = rel.parts
+    rel = path[len(base) + 1 :]
+    parts = tuple(part for part in rel.split("/") if part and part != ".")
     if parts == ("hold",):
         return Hint("hold")  # put on hold or resumed: the next tick dispatches (or not)
     if parts == ("servers",) or (
