@@ -14,6 +14,7 @@ directory that moves away loses its watches; ``IN_Q_OVERFLOW`` becomes a ``resca
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import logging
@@ -84,12 +85,19 @@ Batch = Callable[[list[FileSystemEvent]], object]
 
 
 class InotifyTree:
-    """Watches ``root`` and everything below it; ``deliver`` gets each buffer's events, in order,
-    from this watch's thread."""
+    """Watches ``root`` and everything below it; ``deliver`` gets each buffer's events, in order:
+    from ``loop`` when one is given (the descriptor is one of its readers), else from a thread.
 
-    def __init__(self, root: str, deliver: Batch) -> None:
+    On the loop is the engine's choice: measured, a reader thread woke a dozen times while one
+    manifest was accepted and each wake-up took the GIL from the loop (accepting took 4.4 ms in
+    place of 1.9). Events wait in the kernel while the loop works (a loop that stalls long enough
+    to overflow its queue gets the ``rescan`` hint)."""
+
+    def __init__(self, root: str, deliver: Batch, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.root = root.rstrip("/") or "/"
         self.deliver = deliver
+        self.loop = loop
+        self._reading = False
         self._fd = -1
         self._wake_r, self._wake_w = -1, -1
         self._paths: dict[int, str] = {}  # watch descriptor -> directory path
@@ -111,14 +119,23 @@ class InotifyTree:
         self._walk(self.root, created=False, out=[])
         ECHOES.enable()
         self._echoes = True
+        if self.loop is not None:
+            self.loop.add_reader(self._fd, self._readable)
+            self._reading = True
+            return
         self._thread = threading.Thread(target=self._run, name="occoord-inotify", daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
+        if self.loop is not None:
+            return self._reading
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stopping = True
+        if self._reading and self.loop is not None:
+            self._reading = False
+            self.loop.remove_reader(self._fd)
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
@@ -182,6 +199,25 @@ class InotifyTree:
 
     def _stopped(self) -> bool:
         return self._stopping  # set by stop() from another thread
+
+    def _readable(self) -> None:
+        events: list[FileSystemEvent] = []
+        try:
+            while True:
+                data = os.read(self._fd, _READ_SIZE)
+                events += self._events(data)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.error("inotify: cannot read: %s", exc)
+            self._reading = False  # alive() says so: the coordinator restarts the watch, rescans
+            if self.loop is not None:
+                self.loop.remove_reader(self._fd)
+        if events:
+            try:
+                self.deliver(events)
+            except Exception:
+                log.exception("inotify: cannot handle a batch")
 
     def _run(self) -> None:
         poller = select.poll()

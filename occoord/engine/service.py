@@ -213,13 +213,11 @@ async def serve(
                         fleet.hint if hint.kind == "servers" else coordinator.post, hint
                     )
 
-                def deliver(hints: list[Hint]) -> None:  # in the loop: one wake-up per batch
+                def deliver(hints: list[Hint]) -> None:  # inotify is read on the loop itself
                     for hint in hints:
                         (fleet.hint if hint.kind == "servers" else coordinator.post)(hint)
 
-                watcher = SpoolWatcher(
-                    spool.root, sink, sink_many=lambda hints: loop.call_soon_threadsafe(deliver, hints)
-                )
+                watcher = SpoolWatcher(spool.root, sink, sink_many=deliver, loop=loop)
                 watcher.start()
                 fleet.start(coordinator.post, coordinator.table.running_on)
                 keeper = asyncio.ensure_future(fleet.maintain(stop, config.rescan_interval))

@@ -10,6 +10,7 @@ One recursive watch over the whole spool: a rename from incoming/ into runs/ pai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -156,8 +157,10 @@ class SpoolWatcher:
         *,
         polling: bool = False,
         sink_many: Callable[[list[Hint]], object] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.root = root
+        self.loop = loop  # given: inotify is read on it and the sinks are called there
         self.sink = sink
         self.sink_many = sink_many
         self.polling = polling
@@ -183,7 +186,7 @@ class SpoolWatcher:
 
     def start(self) -> None:
         if not self.polling and Observer is InotifyObserver and available():
-            tree = InotifyTree(str(self.root), self._deliver)
+            tree = InotifyTree(str(self.root), self._deliver, self.loop)
             tree.start()
             self._tree = tree
             return

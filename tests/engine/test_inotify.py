@@ -4,6 +4,7 @@ reported, a directory that leaves the tree is no longer watched."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -92,3 +93,37 @@ def test_a_directory_moved_out_is_forgotten(watched: tuple[Spool, Sink], tmp_pat
     (tmp_path / "away" / "tasks" / "c.queued").write_text("{}")
     time.sleep(0.3)
     assert not any(h.task == "c" for h in sink.hints[seen:])
+
+
+def test_on_the_loop_the_hints_arrive_in_the_loop_thread(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool").init()
+    tasks = spool.runs / RUN / "tasks"
+
+    async def main() -> list[Hint]:
+        got: list[Hint] = []
+        seen = asyncio.Event()
+        loop_thread = threading.get_ident()
+
+        def sink_many(hints: list[Hint]) -> None:
+            assert threading.get_ident() == loop_thread
+            got.extend(hints)
+            if any(h.kind == "task" for h in hints):
+                seen.set()
+
+        watcher = SpoolWatcher(
+            spool.root, lambda h: None, sink_many=sink_many, loop=asyncio.get_running_loop()
+        )
+        watcher.start()
+        try:
+            assert watcher.alive()
+            tasks.mkdir(parents=True)
+            await asyncio.sleep(0.1)
+            (tasks / "e.queued").write_text("{}")
+            await asyncio.wait_for(seen.wait(), 5)
+        finally:
+            watcher.stop()
+        assert not watcher.alive()
+        return got
+
+    hints = asyncio.run(main())
+    assert Hint("task", run_id=RUN, task="e") in hints
