@@ -34,6 +34,7 @@ from .wire import Wire, WireError
 __all__ = ["RETRY_BACKOFF", "OpenCodeClient"]
 
 log = logging.getLogger(__name__)
+_HTTP_LOG = logging.getLogger("httpx")
 
 _T = TypeVar("_T")
 
@@ -182,7 +183,17 @@ class OpenCodeClient:
         if query:
             target += "?" + urlencode(query, quote_via=quote, safe="")
         answer = await self._wire.request(method, target, body)
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        response = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        if _HTTP_LOG.isEnabledFor(logging.INFO):  # the line httpx itself logs (occoord -vv)
+            _HTTP_LOG.info(
+                'HTTP Request: %s %s%s "HTTP/1.1 %d %s"',
+                method,
+                self.url,
+                target,
+                answer.status,
+                response.reason_phrase,
+            )
+        return response
 
     async def _sleep(self, attempt: int, why: str) -> None:
         delay = self.backoff.delay(attempt)
