@@ -26,6 +26,9 @@ __all__ = ["Wire", "WireError", "WireResponse"]
 # "sending" (the caller would then have to look again for a session it may not have created).
 MAX_IDLE_S = 4.0
 MAX_KEPT = 64
+# Requests in flight at once (httpx's max_connections was 100): a resync of a thousand attempts
+# must not open a thousand sockets. Waiting longer than the timeout for a turn is "not sent".
+MAX_OPEN = 100
 _MAX_HEADER = 64 * 1024
 
 
@@ -70,6 +73,7 @@ class Wire:
         self.timeout = timeout
         self.authorization = authorization
         self._idle: deque[_Conn] = deque()
+        self._slots: asyncio.Semaphore | None = None  # made in the running loop
         self.host, self.port = "", 0
         self.retarget(url)
 
@@ -103,6 +107,22 @@ class Wire:
         elif method in ("POST", "PUT", "PATCH"):
             head.append("Content-Length: 0")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_OPEN)
+        if self._slots.locked():  # all in use: wait a while for one (rare)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise WireError(f"{method} {target}: no free connection in time", sent=False) from exc
+        else:
+            await self._slots.acquire()  # free: returns at once
+        try:
+            return await self._exchange(method, target, data)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, method: str, target: str, data: bytes) -> WireResponse:
         conn = await self._take()
         try:
             conn.writer.write(data)

@@ -149,3 +149,18 @@ def test_client_scopes_and_escapes_like_httpx() -> None:
         assert b"Authorization: Basic bWU6cHc=\r\n" in seen[0]
 
     run(json_ok(b"{}"), body)
+
+
+def test_at_most_max_open_requests_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from occoord.opencode import wire
+
+    monkeypatch.setattr(wire, "MAX_OPEN", 3)
+
+    async def body(url: str, seen: list[bytes], conns: list[int]) -> None:
+        client = Wire(url, timeout=5)
+        answers = await asyncio.gather(*(client.request("GET", f"/{i}", None) for i in range(10)))
+        assert [a.status for a in answers] == [200] * 10
+        assert len(conns) <= 3
+        await client.aclose()
+
+    run(json_ok(b"{}"), body)
