@@ -160,10 +160,17 @@ def parse_ts(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def wait_prompt(sim: Simulator, start: int, title_part: str, timeout: float = 60.0) -> tuple[float, int]:
-    """The first prompt at index >= ``start`` of ``sim.received`` whose session title contains
-    ``title_part``: (its monotonic receive stamp, the index after it)."""
-    received = sim.received
+def wait_prompt(
+    sim: Simulator,
+    start: int,
+    title_part: str,
+    timeout: float = 60.0,
+    stamps: list[tuple[float, str]] | None = None,
+) -> tuple[float, int]:
+    """The first prompt at index >= ``start`` of ``sim.received`` (or of ``stamps``, e.g.
+    ``sim.created``) whose session title contains ``title_part``: (its monotonic stamp, the index
+    after it)."""
+    received = sim.received if stamps is None else stamps
     index = start
     deadline = time.monotonic() + timeout
     while True:

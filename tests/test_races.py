@@ -130,3 +130,28 @@ def test_concurrent_accepters_make_one_run(spool: Spool) -> None:
         assert set(kinds) <= {"accepted", "gone"}, kinds
     assert len(spool.run_ids()) == 5
     assert os.listdir(spool.incoming) == []
+
+
+def test_our_lock_is_reentrant_excludes_a_script_and_times_out(spool: Spool) -> None:
+    from occoord.errors import Locked
+    from occoord.spool.locking import DirLock
+
+    run = new_run(spool, ["a"])
+    lock = DirLock(run.dir / ".lock", timeout=0.05)
+    with lock, lock:  # reentrant within a thread
+        assert subprocess.run(["flock", "-n", str(run.dir / ".lock"), "true"]).returncode == 1
+    assert subprocess.run(["flock", "-n", str(run.dir / ".lock"), "true"]).returncode == 0
+    holder = subprocess.Popen(["flock", str(run.dir / ".lock"), "sleep", "1"])
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        try:
+            with lock:
+                raise AssertionError("taken while a script holds it")
+        except Locked:
+            pass
+        assert time.monotonic() - started < 0.5
+        with DirLock(run.dir / ".lock"):  # no timeout: waits for the script's second
+            assert time.monotonic() - started > 0.4
+    finally:
+        holder.wait()

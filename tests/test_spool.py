@@ -313,3 +313,17 @@ def test_the_accepted_plan_handed_on_equals_the_one_read_back(spool: Spool, tmp_
     outcome = accept_file(spool, path, settled=True)
     assert outcome.kind == "accepted" and outcome.run_id is not None and outcome.manifest is not None
     assert Run(spool, outcome.run_id).manifest == outcome.manifest
+
+
+def test_a_journal_line_lost_with_the_power_is_written_again_when_the_run_is_loaded(spool: Spool) -> None:
+    """Transition lines are not fsynced (the state files are): a line the disk never got is
+    caught up from the files the next time the run is reconciled."""
+    run = new_run(spool, ["a"])
+    journal = run.dir / "events.jsonl"
+    kept = journal.read_bytes()
+    run.tasks.transition("a", TaskState.QUEUED, TaskState.PENDING, reason="dispatched")
+    journal.write_bytes(kept)  # as if the appended line never reached the disk
+    repairs = spool.run(run.id).tasks.reconcile()
+    assert any("journal caught up" in r for r in repairs)
+    last = [e for e in read_events(run.dir) if e.task == "a"][-1]
+    assert (last.source, last.target) == ("queued", "pending")

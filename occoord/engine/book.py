@@ -123,10 +123,19 @@ class RunBook:
         run_dir = self.spool.runs / run_id
         if not (run_dir / "summary.json").exists():
             return True
-        return any(
-            (run_dir / "tasks" / format_state(task, state)).exists()
-            for state in (TaskState.QUEUED, TaskState.PENDING)
-        )
+        tasks = run_dir / "tasks"
+        visible = [s for s in TaskState if os.path.lexists(tasks / format_state(task, s))]
+        if len(visible) != 1:
+            # A `touch T.done` beside T.failed after the run ended (or a deleted file): loading the
+            # run reconciles it, as it would have while the run was active.
+            return True
+        try:
+            record = TaskRecord.from_bytes((tasks / format_state(task, visible[0])).read_bytes())
+        except OSError:
+            return True
+        if record is None or record.state is not visible[0]:
+            return True  # renamed or rewritten from outside: reconciled (accepted or reverted)
+        return visible[0] in (TaskState.QUEUED, TaskState.PENDING)
 
     def consume_cancel_requests(self, run_id: str) -> bool:
         """A cancel request for a finished run has nothing to cancel: consume it, so it cannot

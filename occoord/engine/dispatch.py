@@ -173,17 +173,25 @@ class Dispatcher(Component):
             if not self.table.current(attempt) or attempt.settling:
                 return  # decided meanwhile (signalled, cancelled, timed out)
             self.table.bind(attempt, session_id)
-            self._record_session(active, attempt, session_id)
             if not prompted:
                 text = build_prompt(
                     spec, spool_root=self.book.spool.root, run_id=active.id, tasks_dir=active.run.tasks.dir
                 )
                 model = ClientModel(spec.model.provider, spec.model.model) if spec.model else None
-                await client.prompt_async(session_id, attempt.directory, text, agent=spec.agent, model=model)
-            elif session_id not in await client.session_status(attempt.directory):
-                await self.settler.finish(attempt)
-                return
+                try:
+                    await client.prompt_async(
+                        session_id, attempt.directory, text, agent=spec.agent, model=model
+                    )
+                finally:
+                    # Written after the prompt, which is what a dependent's latency is: the record
+                    # is a shortcut (after a crash the session is found again by its title).
+                    if self.table.current(attempt) and not attempt.settling:
+                        self._record_session(active, attempt, session_id)
             else:
+                self._record_session(active, attempt, session_id)
+                if session_id not in await client.session_status(attempt.directory):
+                    await self.settler.finish(attempt)
+                    return
                 attempt.began = True
             attempt.last_activity = self.clock.monotonic()
             log.info("%s: attempt %d in session %s", attempt.label, attempt.attempt, session_id)

@@ -52,6 +52,7 @@ BATCH = 256
 LOCK_WAIT = 0.05
 HOLD_FILE = "hold"
 LOCKED_AGAIN = 0.5
+_WAKE = object()  # a queue item that only makes the loop tick (see Coordinator._job_done)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,10 @@ class Coordinator:
         )
         self._next_rescan = 0.0
         self._waiting: dict[tuple[str, str], float] = {}  # queued tasks held by not_before
+        # Our own renames no longer wake the loop (their echoes are dropped): an ended job does.
+        self._woken = False
+        if isinstance(self.scheduler, JobScheduler):
+            self.scheduler.on_done = self._job_done
 
     # -- what the book tells us (BookListener) -------------------------------------------------
 
@@ -162,6 +167,11 @@ class Coordinator:
         self.book.activate(run_id, plan=plan)
 
     # -- the loop ------------------------------------------------------------------------------
+
+    def _job_done(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self.queue.put_nowait(_WAKE)
 
     def post(self, item: object) -> None:
         """For the loop's own thread; the watcher posts via call_soon_threadsafe."""
@@ -192,6 +202,7 @@ class Coordinator:
 
     def step(self) -> None:
         """One turn of the loop: handle what is queued (a bounded batch), then the deadlines."""
+        self._woken = False
         for _ in range(BATCH):
             if self.queue.empty():
                 break
@@ -217,6 +228,8 @@ class Coordinator:
         self.tick()
 
     def handle(self, item: object) -> None:
+        if item is _WAKE:
+            return
         try:
             if isinstance(item, Hint):
                 self.handle_hint(item)

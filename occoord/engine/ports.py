@@ -94,6 +94,9 @@ class JobScheduler:
         self._jobs: set[asyncio.Task[object]] = set()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
+        # Called after each job ends: what a job changed (a slot freed, a task ended) is
+        # dispatched by the loop's next tick, which must not wait for an unrelated wake-up.
+        self.on_done: Callable[[], None] | None = None
 
     def spawn(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(job)
@@ -104,6 +107,8 @@ class JobScheduler:
         self._jobs.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("engine job failed", exc_info=task.exception())
+        if self.on_done is not None:
+            self.on_done()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), callback))

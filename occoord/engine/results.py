@@ -9,12 +9,15 @@ tries again).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+from pathlib import Path
 
 from occoord.engine.attempts import Attempt
 from occoord.engine.book import RunBook
 from occoord.engine.pool import ServerPool
 from occoord.errors import ApiError, OccoordError
-from occoord.fsutil import atomic_write
+from occoord.fsutil import atomic_write, fsync_dir
 from occoord.opencode.models import Message
 from occoord.opencode.outcome import TurnOutcome, classify
 from occoord.opencode.transcript import fetch_transcript
@@ -44,10 +47,12 @@ class ResultKeeper:
             return
         data = outcome.text.encode("utf-8", "replace")
         durable = self.book.spool.durable
-        atomic_write(run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md", data, durable=durable)
         newest = self._newest_attempt(attempt)
-        if newest is None or newest <= attempt.attempt:
-            atomic_write(run_dir / "results" / f"{attempt.task}.md", data, durable=durable)
+        latest = newest is None or newest <= attempt.attempt
+        kept = run_dir / "results" / f"{attempt.task}@{attempt.attempt}.md"
+        atomic_write(kept, data, durable=durable, sync_dir=not latest)
+        if latest:
+            _publish_link(kept, run_dir / "results" / f"{attempt.task}.md", durable=durable)
 
     def _newest_attempt(self, attempt: Attempt) -> int | None:
         active = self.book.runs.get(attempt.run_id)
@@ -125,3 +130,22 @@ class ResultKeeper:
                 write_summary(run, durable=self.book.spool.durable)
         except (OccoordError, OSError) as exc:
             log.info("%s: cannot record the usage: %s", attempt.label, exc)
+
+
+def _publish_link(source: Path, path: Path, *, durable: bool) -> None:
+    """``path`` becomes a second name of ``source``'s (fsynced) content: a hard link renamed into
+    place, so readers never see half a file and no second copy is written and fsynced. Every
+    writer of ``path`` replaces it (atomic_write), so the two names never share a later write."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # a name crash cleanup knows
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some filesystems): a copy, as before
+        atomic_write(path, source.read_bytes(), durable=durable)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)

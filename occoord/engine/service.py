@@ -45,6 +45,8 @@ __all__ = ["SERVER_FILE", "AtExit", "Replies", "ServerChoice", "SpoolLock", "ser
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"  # in the spool: the spawned server, for the next coordinator
+# The longest start-up waits for the event streams to open before serving (see _streams_open).
+STREAMS_WAIT = 5.0
 
 # What becomes of a spawned server when the coordinator exits: left running for the next one
 # ("keep"), stopped ("stop"), or stopped only if no run of the spool is unfinished ("stop_if_idle").
@@ -211,13 +213,18 @@ async def serve(
                         fleet.hint if hint.kind == "servers" else coordinator.post, hint
                     )
 
-                watcher = SpoolWatcher(spool.root, sink)
+                def deliver(hints: list[Hint]) -> None:  # inotify is read on the loop itself
+                    for hint in hints:
+                        (fleet.hint if hint.kind == "servers" else coordinator.post)(hint)
+
+                watcher = SpoolWatcher(spool.root, sink, sink_many=deliver, loop=loop)
                 watcher.start()
                 fleet.start(coordinator.post, coordinator.table.running_on, coordinator.router.activity)
                 keeper = asyncio.ensure_future(fleet.maintain(stop, config.rescan_interval))
                 spawned = asyncio.ensure_future(group.keep(fleet, stop)) if group else None
                 guard = asyncio.ensure_future(_guard(watcher, coordinator, stop, fleet))
                 try:
+                    await _streams_open(fleet, stop)
                     if on_ready is not None:
                         on_ready(coordinator)
                     await coordinator.run(stop)
@@ -233,6 +240,23 @@ async def serve(
                 await fleet.aclose()
     finally:
         lock.release()
+
+
+async def _streams_open(fleet: Fleet, stop: asyncio.Event) -> None:
+    """Serve once the servers' event streams are open (at most STREAMS_WAIT s): the stream has no
+    replay, so a turn that ended before it opened would only be seen by the silent-stream
+    reconnect (~45 s later); a fast first dispatch won that race."""
+    waits = [asyncio.ensure_future(b.stream.connected.wait()) for b in fleet.backends.values()]
+    if not waits:
+        return
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        either: set[asyncio.Future[Any]] = {asyncio.gather(*waits), stopping}
+        await asyncio.wait(either, timeout=STREAMS_WAIT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        for wait in waits:
+            wait.cancel()
 
 
 @asynccontextmanager

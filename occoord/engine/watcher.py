@@ -10,6 +10,7 @@ One recursive watch over the whole spool: a rename from incoming/ into runs/ pai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
+from occoord.engine.inotify import DirModifiedOverflow, InotifyTree, available
 from occoord.spool.names import is_ignored_incoming, parse_run_id, parse_state
 
 __all__ = ["Hint", "SpoolWatcher", "classify"]
@@ -69,11 +71,12 @@ class Hint:
 
 
 def _hint_for(root: Path, path: str, *, settled: bool) -> Hint | None:
-    try:
-        rel = Path(path).relative_to(root)
-    except ValueError:
+    # By string, not pathlib: this runs for every event (several per task lifecycle).
+    base = str(root)
+    if not path.startswith(base) or path[len(base) : len(base) + 1] != "/":
         return None
-    parts = rel.parts
+    rel = path[len(base) + 1 :]
+    parts = tuple(part for part in rel.split("/") if part and part != ".")
     if parts == ("hold",):
         return Hint("hold")  # put on hold or resumed: the next tick dispatches (or not)
     if parts == ("servers",) or (
@@ -153,15 +156,49 @@ class _Handler(FileSystemEventHandler):
 
 
 class SpoolWatcher:
-    """A recursive watch over the spool that calls ``sink`` (thread-safe!) with each hint."""
+    """A recursive watch over the spool that calls ``sink`` (thread-safe!) with each hint, or
+    ``sink_many`` with each batch of them (one hand-over to the loop per batch)."""
 
-    def __init__(self, root: Path, sink: Callable[[Hint], object], *, polling: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sink: Callable[[Hint], object],
+        *,
+        polling: bool = False,
+        sink_many: Callable[[list[Hint]], object] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.root = root
+        self.loop = loop  # given: inotify is read on it and the sinks are called there
         self.sink = sink
+        self.sink_many = sink_many
         self.polling = polling
         self._observer: BaseObserver | None = None
+        self._tree: InotifyTree | None = None
+
+    def _deliver(self, events: list[FileSystemEvent]) -> None:
+        hints: dict[Hint, None] = {}  # in order, each once: a hint only says "look again"
+        for event in events:
+            if isinstance(event, DirModifiedOverflow):
+                log.warning("watcher: the kernel dropped events (queue overflow); rescanning")
+                hints[Hint("rescan")] = None
+                continue
+            for hint in classify(self.root, event):
+                hints[hint] = None
+        if not hints:
+            return
+        if self.sink_many is not None:
+            self.sink_many(list(hints))
+        else:
+            for hint in hints:
+                self.sink(hint)
 
     def start(self) -> None:
+        if not self.polling and Observer is InotifyObserver and available():
+            tree = InotifyTree(str(self.root), self._deliver, self.loop)
+            tree.start()
+            self._tree = tree
+            return
         observer: BaseObserver
         if self.polling:
             observer = PollingObserver(timeout=1.0)
@@ -180,6 +217,8 @@ class SpoolWatcher:
         self._observer = observer
 
     def alive(self) -> bool:
+        if self._tree is not None:
+            return self._tree.alive()
         return self._observer is not None and self._observer.is_alive()
 
     def restart(self) -> None:
@@ -188,6 +227,9 @@ class SpoolWatcher:
         self.start()
 
     def stop(self) -> None:
+        if self._tree is not None:
+            self._tree.stop()
+            self._tree = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

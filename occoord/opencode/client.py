@@ -14,11 +14,14 @@ blind retry would create a second session or run the prompt twice. The caller re
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json as jsonlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -26,10 +29,12 @@ from occoord.backoff import Backoff
 from occoord.errors import ApiError, RequestRejected, ServerUnavailable
 
 from .models import Health, Message, ModelRef, Session, SessionStatus
+from .wire import Wire, WireError
 
 __all__ = ["RETRY_BACKOFF", "OpenCodeClient"]
 
 log = logging.getLogger(__name__)
+_HTTP_LOG = logging.getLogger("httpx")
 
 _T = TypeVar("_T")
 
@@ -92,11 +97,19 @@ class OpenCodeClient:
             # each one per request) than the reconnects they save (docs/PERFORMANCE.md).
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
+        # The short JSON requests take the lean path when they can (see wire.py); a test's
+        # transport, TLS and the event stream stay on httpx.
+        self._wire: Wire | None = None
+        if transport is None and Wire.supports(self.url):
+            token = base64.b64encode(f"{username}:{password}".encode()).decode() if password else None
+            self._wire = Wire(self.url, timeout=timeout, authorization=f"Basic {token}" if token else None)
 
     def retarget(self, url: str) -> None:
         """Point the client (and any event stream on it) at a restarted server's new address."""
         self.url = url.rstrip("/")
         self._http.base_url = httpx.URL(self.url)
+        if self._wire is not None:
+            self._wire.retarget(self.url)
 
     # --- plumbing -----------------------------------------------------------------------------------
 
@@ -118,11 +131,20 @@ class OpenCodeClient:
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, path, params=query or None, json=json)
+                if self._wire is not None:
+                    response = await self._send_wire(method, path, query, json)
+                else:
+                    response = await self._http.request(method, path, params=query or None, json=json)
             except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
                 # A value that no URL or JSON body can carry (NUL, a lone surrogate): not the server's
                 # fault and not retryable; mapped here so no foreign exception leaves the client.
                 raise RequestRejected(f"{method} {path}", f"{type(exc).__name__}: {exc}") from exc
+            except WireError as exc:
+                if (idempotent or not exc.sent) and attempt < self._retries:
+                    attempt += 1
+                    await self._sleep(attempt, f"{method} {path}: {exc}")
+                    continue
+                raise ServerUnavailable(self.url, str(exc), sent=exc.sent) from exc
             except httpx.HTTPError as exc:
                 retry_ok = idempotent or isinstance(exc, _NOT_SENT)
                 if retry_ok and isinstance(exc, httpx.TransportError) and attempt < self._retries:
@@ -147,6 +169,31 @@ class OpenCodeClient:
                 name, message = _error_fields(response)
                 raise ApiError(method, path, response.status_code, name, message)
             return response
+
+    async def _send_wire(
+        self, method: str, path: str, query: Mapping[str, str | int], json: Any
+    ) -> httpx.Response:
+        assert self._wire is not None
+        # Encoded as httpx would: compact UTF-8 JSON (a lone surrogate or NaN raises ValueError),
+        # every reserved character of a query value escaped; NUL cannot be in a request line.
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        target = quote(path, safe="/:@!$&'()*+,;=~%")
+        if query:
+            target += "?" + urlencode(query, quote_via=quote, safe="")
+        answer = await self._wire.request(method, target, body)
+        response = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        if _HTTP_LOG.isEnabledFor(logging.INFO):  # the line httpx itself logs (occoord -vv)
+            _HTTP_LOG.info(
+                'HTTP Request: %s %s%s "HTTP/1.1 %d %s"',
+                method,
+                self.url,
+                target,
+                answer.status,
+                response.reason_phrase,
+            )
+        return response
 
     async def _sleep(self, attempt: int, why: str) -> None:
         delay = self.backoff.delay(attempt)
@@ -325,4 +372,6 @@ class OpenCodeClient:
             raise ServerUnavailable(self.url, f"GET {path}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
+        if self._wire is not None:
+            await self._wire.aclose()
         await self._http.aclose()

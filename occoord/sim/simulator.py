@@ -81,6 +81,11 @@ class Simulator:
         return self.engine.received
 
     @property
+    def created(self) -> list[tuple[float, str]]:
+        """``(time.monotonic(), session id)`` of every session created so far, oldest first (live list)."""
+        return self.engine.created
+
+    @property
     def busy_spans(self) -> list[BusySpan]:
         """Every span in which a session was busy, oldest first (also ``GET /sim/busy?prefix=``)."""
         return list(self.engine.busy_log.spans)

@@ -53,11 +53,14 @@ class Engine:
         # prompt, read by benchmarks to time "file renamed -> prompt received" (CLOCK_MONOTONIC is
         # system-wide on Linux, so other processes' monotonic stamps compare with these).
         self.received: list[tuple[float, str]] = []
+        # The same for every session creation (``POST /session``), stamped on arrival.
+        self.created: list[tuple[float, str]] = []
 
     # ----------------------------------------------------------------- sessions
     def create_session(
         self, directory: str, title: str | None, permission: list[Any], parent_id: str | None
     ) -> SimSession:
+        arrived = time.monotonic()
         stamp = now_ms()
         sess = SimSession(
             id=new_id("ses"),
@@ -68,6 +71,7 @@ class Engine:
             parent_id=parent_id,
         )
         self.sessions[sess.id] = sess
+        self.created.append((arrived, sess.id))
         self._emit(sess, "session.created", {"sessionID": sess.id, "info": sess.to_api()})
         return sess
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from occoord.fsutil import atomic_write, fsync_dir
+from occoord.spool.echoes import ECHOES
 from occoord.spool.journal import iso, last_states
 from occoord.spool.names import format_claim
 from occoord.spool.records import TaskRecord
@@ -52,6 +53,7 @@ class TaskFiles(Protocol):
         attempt: int | None = ...,
         kind: str = ...,
     ) -> None: ...
+
 
 _ORDER = (TaskState.DONE, TaskState.FAILED, TaskState.PENDING, TaskState.QUEUED)
 
@@ -196,8 +198,16 @@ def _roll_forward(rt: TaskFiles, task: str, targets: list[TaskState]) -> str:
 
 
 def _rewrite(rt: TaskFiles, task: str, state: TaskState, record: TaskRecord) -> None:
-    # In place (see RunTasks.update): the name never disappears under an outside writer.
-    atomic_write(rt.path(task, state), record.to_bytes(), durable=rt.durable)
+    # In place (see RunTasks.update): the name never disappears under an outside writer. Its echo
+    # is ours: the hint that brought us here is being handled (echoes.py).
+    path = rt.path(task, state)
+    echo = os.path.abspath(path)
+    ECHOES.expect(None, echo)
+    try:
+        atomic_write(path, record.to_bytes(), durable=rt.durable)
+    except BaseException:
+        ECHOES.withdraw(None, echo)
+        raise
 
 
 def _sorted(states: list[TaskState]) -> list[TaskState]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from occoord.errors import SpoolError, TransitionConflict
 from occoord.fsutil import atomic_write, fsync_dir
+from occoord.spool.echoes import ECHOES
 from occoord.spool.journal import Event, append_event, iso
 from occoord.spool.reconcile import resolve_task
 from occoord.spool.records import TaskRecord
@@ -55,6 +56,7 @@ class RunTasks:
     ) -> None:
         self.run_dir = run_dir
         self.dir = run_dir / TASKS_DIR
+        self._abs = os.path.abspath(self.dir)  # how the watcher names our renames (echoes.py)
         self.task_ids = tuple(task_ids)
         self.durable = durable
         self.clock = clock
@@ -136,7 +138,9 @@ class RunTasks:
                     reason,
                 )
             )
-        log.info("%s/%s: %s -> %s%s", self.run_dir.name, task, source, target, f" ({reason})" if reason else "")
+        log.info(
+            "%s/%s: %s -> %s%s", self.run_dir.name, task, source, target, f" ({reason})" if reason else ""
+        )
         return record
 
     def update(
@@ -157,7 +161,13 @@ class RunTasks:
             old = TaskRecord.from_bytes(data) or TaskRecord(task, state)
             record = replace(old, state=state, **changes)
             write_durably = self.durable if durable is None else durable and self.durable
-            atomic_write(path, record.to_bytes(), durable=write_durably, sync_dir=write_durably)
+            echo = f"{self._abs}/{path.name}"
+            ECHOES.expect(None, echo)  # the temp file's name gives no hint
+            try:
+                atomic_write(path, record.to_bytes(), durable=write_durably, sync_dir=write_durably)
+            except BaseException:
+                ECHOES.withdraw(None, echo)
+                raise
             return record
 
     def _move(
@@ -171,9 +181,12 @@ class RunTasks:
         changes: Mapping[str, Any],
     ) -> TaskRecord:
         claim = self.dir / format_claim(task, target)
+        echo = f"{self._abs}/{format_state(task, source)}"
+        ECHOES.expect(echo, None)  # the claim's own name gives no hint
         try:
             os.rename(self.path(task, source), claim)
         except FileNotFoundError:
+            ECHOES.withdraw(echo, None)
             raise TransitionConflict(task, source.value, _value(self.current(task))) from None
         old = TaskRecord.from_bytes(claim.read_bytes()) or TaskRecord(task, source)
         fields: dict[str, Any] = dict(changes)
@@ -189,12 +202,21 @@ class RunTasks:
 
     def publish(self, claim: Path, task: str, record: TaskRecord) -> None:
         atomic_write(claim, record.to_bytes(), durable=self.durable, sync_dir=False)
-        os.rename(claim, self.path(task, record.state))
+        echo = f"{self._abs}/{format_state(task, record.state)}"
+        ECHOES.expect(None, echo)
+        try:
+            os.rename(claim, self.path(task, record.state))
+        except BaseException:
+            ECHOES.withdraw(None, echo)
+            raise
         if self.durable:
             fsync_dir(self.dir)
 
     def _journal(self, event: Event) -> None:
-        append_event(self.run_dir, event, durable=self.durable)
+        # Not fsynced: the state files are the truth and are fsynced; a line lost with the power
+        # is written again by _catch_up_journal when the run is next loaded ("journalled after a
+        # crash"). A kill -9 loses nothing either way (the page cache survives the process).
+        append_event(self.run_dir, event, durable=False)
 
     # -- reconciling -----------------------------------------------------------------------
 

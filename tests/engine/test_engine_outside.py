@@ -38,6 +38,23 @@ def test_a_requeued_failed_task_of_a_finished_run_requeues_the_dependents_it_fai
     engine.play(scenario)
 
 
+def test_a_done_touched_beside_a_failed_task_of_a_finished_run_is_reconciled(engine: Engine) -> None:
+    """A late `touch T.done` after the run ended: one state file again, the journal agrees."""
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(manifest(task("a", retries=0)))
+        await e.signal(run, "a", TaskState.FAILED, "broken")
+        assert e.summary(run) is not None
+        tasks = e.spool.runs / run / "tasks"
+        (tasks / "a.done").touch()
+        await e.events([Hint("task", run_id=run, task="a")])
+        assert sorted(p.name for p in tasks.iterdir() if not p.name.startswith(".")) == ["a.failed"]
+        assert e.summary(run) is not None
+
+    engine.play(scenario)
+
+
 def test_an_outside_signal_runs_the_task_end_hook_and_ends_the_run_at_once(
     engine: Engine, tmp_path: Path
 ) -> None:
