@@ -261,8 +261,11 @@ class InotifyTree:
             if not raw:
                 continue  # about the directory itself (DELETE_SELF): its parent reports it too
             is_dir = bool(mask & IN_ISDIR)
-            if raw[:1] == b"." and not is_dir:
-                continue  # temp files, claims, locks: no hidden file gives a hint (classify)
+            if raw[:1] == b".":
+                # Temp files, claims, locks: no hidden file gives a hint (classify). Nor is a hidden
+                # directory watched: a run being built (runs/.RUN.partial/) makes one event per
+                # file, 10,000 for a big manifest; once renamed into place it is walked as any.
+                continue
             path = f"{base}/{os.fsdecode(raw)}"
             if mask & IN_CREATE:
                 if is_dir:

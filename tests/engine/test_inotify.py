@@ -127,3 +127,43 @@ def test_on_the_loop_the_hints_arrive_in_the_loop_thread(tmp_path: Path) -> None
 
     hints = asyncio.run(main())
     assert Hint("task", run_id=RUN, task="e") in hints
+
+
+def test_a_hidden_directory_is_not_watched_until_it_is_renamed_into_place(tmp_path: Path) -> None:
+    from occoord.engine.inotify import InotifyTree
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def deliver(events: list[object]) -> None:
+        with lock:
+            seen.extend(
+                str(getattr(e, "src_path", "")) + "|" + str(getattr(e, "dest_path", "")) for e in events
+            )
+
+    root = tmp_path / "spool"
+    (root / "runs").mkdir(parents=True)
+    tree = InotifyTree(str(root), deliver)
+    tree.start()
+    try:
+        partial = root / "runs" / ".r.partial"
+        (partial / "tasks").mkdir(parents=True)
+        time.sleep(0.1)
+        for i in range(50):  # a run being built: one event per file if it were watched
+            (partial / "tasks" / f"t{i}.queued").write_text("{}")
+        time.sleep(0.2)
+        with lock:
+            assert not [s for s in seen if ".partial" in s], seen
+        os.rename(partial, root / "runs" / "r")
+        time.sleep(0.1)
+        (root / "runs" / "r" / "tasks" / "t0.done").write_text("{}")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with lock:
+                if any("runs/r/tasks/t0.done" in s for s in seen):
+                    break
+            time.sleep(0.02)
+        with lock:
+            assert any("runs/r/tasks/t0.done" in s for s in seen), seen
+    finally:
+        tree.stop()
