@@ -158,8 +158,6 @@ class RunBook:
         active = self.runs.get(run_id) or self.activate(run_id)
         if active is None or task not in active.specs:
             return
-        if active.echo(task):
-            return  # our own batch's rename coming back (a big cancel): the cache has it
         active.run.tasks.reconcile([task])
         state = active.run.tasks.current(task)
         old = active.states.get(task)

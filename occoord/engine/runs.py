@@ -8,7 +8,6 @@ dependency is done.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,9 +29,6 @@ class ActiveRun:
     def __post_init__(self) -> None:
         # Queued tasks a cancel is failing chunk by chunk: never ready meanwhile.
         self.cancelling: set[str] = set()
-        # Hints our own batch's renames will bring back, per task (see echo()), and their total.
-        self.echoes: dict[str, int] = {}
-        self.echoes_due = 0
         self.specs: dict[str, TaskSpec] = {t.id: t for t in self.run.manifest.tasks}
         for spec in self.run.manifest.tasks:
             for dep in spec.depends_on:
@@ -90,31 +86,6 @@ class ActiveRun:
             self.cancelling.discard(task)
             if task in self.states and self._is_ready(task):
                 self.ready[task] = None
-
-    def expect_echoes(self, tasks: Iterable[str], per_task: int) -> None:
-        """Our own batch renamed these tasks' files: each rename comes back as a hint."""
-        for task in tasks:
-            self.echoes[task] = self.echoes.get(task, 0) + per_task
-            self.echoes_due += per_task
-
-    def echo(self, task: str) -> bool:
-        """True if this hint is one of our batch's renames coming back, with the task's file still
-        where that batch put it: nothing to re-read. Anything else anyone does to the file sends
-        hints of its own, which are not echoes (an echo lost meanwhile only delays them to the
-        rescan, as any lost hint would)."""
-        due = self.echoes.get(task)
-        if not due:
-            return False
-        if due == 1:
-            del self.echoes[task]
-        else:
-            self.echoes[task] = due - 1
-        self.echoes_due -= 1
-        return os.path.lexists(self.run.tasks.path(task, self.states[task]))
-
-    def forget_echoes(self) -> None:
-        self.echoes.clear()
-        self.echoes_due = 0
 
     def blocked_by_failure(self) -> list[tuple[str, str]]:
         """Queued tasks that can never run: (task, the failed dependency)."""

@@ -19,6 +19,7 @@ from occoord.engine.settle import Settler
 from occoord.errors import OccoordError, SessionBusy
 from occoord.spool.bulk import fail_queued_batch
 from occoord.spool.cancel import pending_cancels
+from occoord.spool.echoes import ECHOES
 from occoord.spool.states import TaskState
 
 __all__ = ["Stopper"]
@@ -31,6 +32,7 @@ STOP_BACKOFF = Backoff(base=1.0, cap=30.0)
 # events a task; the kernel queues 16,384 by default).
 CANCEL_CHUNK = 1000
 ECHO_WAIT = 1.0  # seconds a chunk waits for the previous chunk's hints (lost ones are not waited for)
+ECHO_PAUSE = 0.05  # the pause per chunk where no echoes are announced
 
 
 class Stopper(Component):
@@ -167,7 +169,7 @@ class Stopper(Component):
                 active.hold(queued)
                 self.scheduler.spawn(self._cancel_in_chunks(active, path, queued))
                 return  # the next request is looked at once this one is done
-            self._fail_queued(active, queued, echoes=False)
+            self._fail_queued(active, queued)
             path.unlink(missing_ok=True)
 
     def _stop_pending(self, active: ActiveRun, tasks: list[str]) -> None:
@@ -180,18 +182,16 @@ class Stopper(Component):
                 else:
                     self.book.move(active, task, TaskState.PENDING, TaskState.FAILED, "cancelled")
 
-    def _fail_queued(self, active: ActiveRun, queued: list[str], *, echoes: bool) -> None:
+    def _fail_queued(self, active: ActiveRun, queued: list[str]) -> None:
         queued = [t for t in queued if active.states.get(t) is TaskState.QUEUED]
         if len(queued) == 1:
             self.book.move(active, queued[0], TaskState.QUEUED, TaskState.FAILED, "cancelled")
             return
         if not queued:
             return
+        # Its renames are announced as echoes (spool.echoes): the watcher drops them, so 10,000
+        # tasks are not re-read for hints about what the book already knows.
         records = fail_queued_batch(active.run.tasks, queued, "cancelled")
-        if echoes:
-            # Each task's claim and publish renames come back as two hints: re-reading 10,000
-            # files for them would cost the loop seconds.
-            active.expect_echoes((r.task for r in records), 2)
         self.book.moved_together(active, records, TaskState.QUEUED)
         for task in set(queued) - {r.task for r in records}:
             self.book.observe(active.id, task)  # someone moved it first: see where to
@@ -204,12 +204,12 @@ class Stopper(Component):
         try:
             for start in range(0, len(queued), CANCEL_CHUNK):
                 if start:
-                    await _echoes_back(active, CANCEL_CHUNK)
+                    await _echoes_back(CANCEL_CHUNK)
                 if self.book.runs.get(active.id) is not active:
                     return  # finished or unloaded meanwhile
-                self._fail_queued(active, queued[start : start + CANCEL_CHUNK], echoes=True)
+                self._fail_queued(active, queued[start : start + CANCEL_CHUNK])
             path.unlink(missing_ok=True)
-            await _echoes_back(active, 0)
+            await _echoes_back(0)
             done = True
         except (OccoordError, OSError) as exc:
             # The request stays: the next rescan (or hint) tries again.
@@ -217,14 +217,18 @@ class Stopper(Component):
         finally:
             self._cancelling.discard(active.id)
             active.release(queued)
-            active.forget_echoes()
         if done and self.book.runs.get(active.id) is active:
             self.check_cancel(active)  # requests that came meanwhile (a cancel.TASK)
 
 
-async def _echoes_back(active: ActiveRun, allowed: int) -> None:
-    """Wait (at most ECHO_WAIT s) until at most ``allowed`` of our renames' hints are still due."""
+async def _echoes_back(allowed: int) -> None:
+    """Wait (at most ECHO_WAIT s) until the watcher has taken all but ``allowed`` of the renames
+    announced as echoes (it reads inotify on this loop, so sleeping is what lets it); without
+    echoes (watchdog's fallback) one short pause per chunk lets its thread catch up."""
     loop = asyncio.get_running_loop()
+    if not ECHOES.on:
+        await asyncio.sleep(ECHO_PAUSE)
+        return
     deadline = loop.time() + ECHO_WAIT
-    while active.echoes_due > allowed and loop.time() < deadline:
+    while ECHOES.pending() > allowed and loop.time() < deadline:
         await asyncio.sleep(0.002)

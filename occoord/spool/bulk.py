@@ -29,7 +29,8 @@ from pathlib import Path
 
 from occoord.fsutil import append_line, fsync_dir, sync_all, write_new
 from occoord.spool.journal import EVENTS_FILE, Event, iso
-from occoord.spool.names import format_claim
+from occoord.spool.echoes import ECHOES
+from occoord.spool.names import format_claim, format_state
 from occoord.spool.records import TaskRecord
 from occoord.spool.states import Actor, TaskState, check_transition
 from occoord.spool.tasks import RunTasks
@@ -84,13 +85,17 @@ def fail_queued_batch(
     for task in names:
         check_transition(task, TaskState.QUEUED, TaskState.FAILED, actor)
     target = TaskState.FAILED
+    where = os.path.abspath(tasks.dir)  # how the watcher names the renames it is told of
     with tasks.lock:
         claimed: list[tuple[str, Path]] = []
         for task in names:
             claim = tasks.dir / format_claim(task, target)
+            echo = f"{where}/{format_state(task, TaskState.QUEUED)}"
+            ECHOES.expect(echo, None)  # announced before the rename, as RunTasks does
             try:
                 os.rename(tasks.path(task, TaskState.QUEUED), claim)
             except FileNotFoundError:
+                ECHOES.withdraw(echo, None)
                 continue
             claimed.append((task, claim))
         if not claimed:
@@ -112,7 +117,13 @@ def fail_queued_batch(
                 _unlink(temp)
             raise
         for task, claim in claimed:
-            os.rename(claim, tasks.path(task, target))
+            echo = f"{where}/{format_state(task, target)}"
+            ECHOES.expect(None, echo)
+            try:
+                os.rename(claim, tasks.path(task, target))
+            except BaseException:
+                ECHOES.withdraw(None, echo)
+                raise
         if tasks.durable:
             fsync_dir(tasks.dir)
         source = TaskState.QUEUED.value
