@@ -104,6 +104,12 @@ class OpenCodeClient:
             token = base64.b64encode(f"{username}:{password}".encode()).decode() if password else None
             self._wire = Wire(self.url, timeout=timeout, authorization=f"Basic {token}" if token else None)
 
+    def lean_endpoint(self) -> tuple[str, int, str | None] | None:
+        """Host, port and Authorization header of the lean HTTP/1.1 path (wire.py, and the event
+        stream's own connection: rawsse.py), or None where httpx carries every request."""
+        wire = self._wire
+        return None if wire is None else (wire.host, wire.port, wire.authorization)
+
     def retarget(self, url: str) -> None:
         """Point the client (and any event stream on it) at a restarted server's new address."""
         self.url = url.rstrip("/")

@@ -5,8 +5,8 @@ httpx) per HTTP chunk, and a server that streams a model's answer writes one chu
 was most of the watcher's CPU per event. Here the body is read by an :class:`asyncio.Protocol`
 (no coroutine per chunk), its chunked framing undone with a few ``find``/slice operations per read.
 
-Only the plain case takes this path: an ``http://`` URL, httpx's own transport, no proxy, Basic or
-no auth (:func:`raw_target`). Anything else (TLS, a test's mock transport, a proxy) keeps the httpx
+Only where the client's short requests take its lean path too (:func:`raw_target`: an ``http://``
+URL with no path, no test transport); anything else (TLS, a test's mock transport) keeps the httpx
 stream, which is always correct.
 """
 
@@ -17,9 +17,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import httpx
 
 from occoord.errors import ApiError, ServerUnavailable
 
@@ -37,30 +34,14 @@ class RawTarget:
 
 
 def raw_target(client: Any) -> RawTarget | None:
-    """Where and how the raw connection goes for ``client`` (an OpenCodeClient), or None when its
-    httpx client is not the plain case (read from its httpx client, never changed)."""
-    http = getattr(client, "_http", None)
-    if not isinstance(http, httpx.AsyncClient) or type(getattr(http, "_transport", None)) is not (
-        httpx.AsyncHTTPTransport
-    ):
+    """Where and how the raw connection goes for ``client`` (an OpenCodeClient): the endpoint of
+    its lean HTTP path (plain ``http://``, no test transport), or None where httpx carries all."""
+    endpoint = getattr(client, "lean_endpoint", None)
+    found = endpoint() if callable(endpoint) else None
+    if found is None:
         return None
-    if getattr(http, "_mounts", None):  # proxies from the environment
-        return None
-    auth = http.auth
-    headers: list[tuple[str, str]] = []
-    if auth is not None:
-        header = getattr(auth, "_auth_header", None)
-        if not isinstance(auth, httpx.BasicAuth) or not isinstance(header, str):
-            return None
-        headers.append(("Authorization", header))
-    url = urlsplit(str(client.url))
-    if url.scheme != "http" or not url.hostname or url.query or url.username:
-        return None
-    try:
-        port = url.port or 80
-    except ValueError:
-        return None
-    return RawTarget(url.hostname, port, url.path.rstrip("/"), tuple(headers))
+    host, port, authorization = found
+    return RawTarget(host, port, "", (("Authorization", authorization),) if authorization else ())
 
 
 class _Body(asyncio.Protocol):
