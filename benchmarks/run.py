@@ -1,6 +1,6 @@
 """Run every benchmark of occoord against the simulator and print (and save) the figures.
 
-    python -m benchmarks            # the full run (~6-10 minutes on 2 cores)
+    python -m benchmarks            # the full run (~15-20 minutes on 2 cores)
     python -m benchmarks --quick    # a smoke run on small sizes (~1 minute)
 
 Figures (docs/PERFORMANCE.md explains each and holds the latest results):
@@ -13,6 +13,9 @@ Figures (docs/PERFORMANCE.md explains each and holds the latest results):
 4. idle cost: CPU seconds and RSS of an idle ``occoord watch``.
 5. memory: peak RSS (VmHWM) of the watcher per size.
 6. scaling: figures 2 and 3 at each size.
+7. streamed events: N sessions streaming token chunks (benchmarks/stream.py): the watcher's CPU
+   per event against a bare stdlib SSE reader of the same stream, turn end -> outcome read.
+8. a 10,000-task manifest (benchmarks/bulk.py): accept, the loop stall meanwhile, cancel.
 Plus a cProfile of the watcher during one throughput run (its hot spots).
 """
 
@@ -34,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bulk as bulk_bench
+from benchmarks import stream as stream_bench
 from benchmarks.harness import (
     REPO,
     Proc,
@@ -53,6 +58,7 @@ from benchmarks.harness import (
 
 RESULTS = REPO / "benchmarks" / "results"
 CONCURRENCY = 64
+STREAM_RATE = 50.0  # token chunks per second per session: a model streaming its answer
 # Issue 15 ("Scale"): each a row of the targets table, measured against its baseline in one run.
 TARGETS = {
     "drop_create_p50_ms": 5.0,
@@ -487,6 +493,12 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     idle = results.get("idle")
     if idle:
         check("idle_cpu_s_per_60s", idle["cpu_s_per_60s"], TARGETS["idle_cpu_s_per_60s"])
+    # The stream and bulk sections name their own rows (benchmarks/stream.py, bulk.py).
+    rows = [row for r in results.get("stream", []) for row in stream_bench.targets(r)]
+    if b := results.get("bulk"):
+        rows += bulk_bench.targets(b)
+    for name, value, limit, higher in rows:
+        check(name, value, limit, higher)
     return out
 
 
@@ -609,6 +621,13 @@ def report(results: dict[str, Any]) -> str:
                 rows,
             )
         )
+    for r in results.get("stream", []):
+        parts.append(f"7. streamed events ({r['sessions']} sessions)\n{stream_bench.table(r)}\n")
+    if b := results.get("bulk"):
+        rows = [[k, v] for k, v in b.items()]
+        parts.append(
+            table(f"8. a {b['tasks']}-task manifest: accept, stall, cancel", ["figure", "value"], rows)
+        )
     for size, why in results.get("failed_sizes", {}).items():
         parts.append(f"size {size} FAILED: {why}\n")
     if t := results.get("targets"):
@@ -638,7 +657,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile-size", type=int, help="tasks of the profiled run, 0 = no profile (default: largest size)"
     )
-    p.add_argument("--only", help="comma-separated sections: idle,drop,sizes,profile (default: all)")
+    p.add_argument("--stream-sessions", help="streaming sessions per stream run (default 100,200; quick 10)")
+    p.add_argument("--stream-seconds", type=float, help="seconds each session streams (default 8; quick 2)")
+    p.add_argument("--bulk-tasks", type=int, help="tasks of the big manifest (default 10000; quick 1000)")
+    p.add_argument(
+        "--only", help="comma-separated sections: idle,drop,sizes,stream,bulk,profile (default: all)"
+    )
     p.add_argument(
         "--out", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)"
     )
@@ -653,7 +677,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.idle_seconds = args.idle_seconds or (10.0 if quick else 60.0)
     if args.profile_size is None:
         args.profile_size = max(args.sizes)
-    args.only = set((args.only or "idle,drop,sizes,profile").split(","))
+    args.stream_sessions = [
+        int(n) for n in (args.stream_sessions or ("10" if quick else "100,200")).split(",")
+    ]
+    args.stream_seconds = args.stream_seconds or (2.0 if quick else 8.0)
+    args.bulk_tasks = args.bulk_tasks or (1000 if quick else 10_000)
+    args.only = set((args.only or "idle,drop,sizes,stream,bulk,profile").split(","))
     return args
 
 
@@ -682,6 +711,14 @@ def main(argv: list[str] | None = None) -> int:
                 except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
                     log(f"size {n}: FAILED: {exc}")
                     results.setdefault("failed_sizes", {})[str(n)] = str(exc)
+        if "stream" in args.only:
+            results["stream"] = []
+            for n in args.stream_sessions:
+                log(f"stream: {n} sessions x {STREAM_RATE:g} events/s for {args.stream_seconds:g} s")
+                results["stream"].append(stream_bench.measure(n, STREAM_RATE, args.stream_seconds))
+        if "bulk" in args.only:
+            log(f"bulk: a {args.bulk_tasks}-task manifest")
+            results["bulk"] = bulk_bench.measure(args.bulk_tasks)
         if "profile" in args.only and args.profile_size > 0:
             results["profile"] = bench.profile(args.profile_size)
     finally:
@@ -701,8 +738,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _no_nan(obj: Any) -> Any:
-    """NaN (a figure with no samples) becomes null: the file stays strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
+    """NaN (a figure with no samples) and infinity (a ratio over nothing) become null: the file
+    stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _no_nan(v) for k, v in obj.items()}

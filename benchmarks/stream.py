@@ -203,7 +203,7 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     ]
 
 
-def _table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> str:
     lat = result["outcome_read_ms"]
     rows = [
         (
@@ -262,7 +262,7 @@ def main() -> None:
             args.sessions, args.rate, args.seconds, spread=not args.together, profile_to=args.profile
         )
         results.append(result)
-        print(_table(result), flush=True)
+        print(table(result), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     ends = "together" if args.together else "spread"
