@@ -40,6 +40,7 @@ from occoord.fsutil import (
 )
 from occoord.manifest.load import format_for, parse_manifest
 from occoord.manifest.model import MAX_MANIFEST_BYTES, Manifest
+from occoord.spool.jsontext import dumps_rows
 from occoord.spool.bulk import encode_record, event_lines
 from occoord.spool.journal import EVENTS_FILE, Event, iso
 from occoord.spool.layout import Spool
@@ -199,7 +200,7 @@ def build_run(spool: Spool, run_id: str, manifest: Manifest, source_name: str) -
         "plan": manifest.to_json(),
     }
     written = [staging / "run.json", staging / EVENTS_FILE]
-    write_new(written[0], json.dumps(meta, indent=1).encode() + b"\n")
+    write_new(written[0], dumps_rows(meta))
     events = [Event(now, "run", reason=f"accepted {source_name}")]
     coordinator = Actor.COORDINATOR.value
     for spec in manifest.tasks:
