@@ -31,6 +31,7 @@ from typing import Any
 from benchmarks.harness import (
     REPO,
     drop,
+    init_spool,
     manifest,
     percentile,
     proc_status_kb,
@@ -50,18 +51,6 @@ SIGNAL_TIMEOUT = 120.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _init_spool(base: Path) -> tuple[Path, Path]:
-    spool, workdir = base / "spool", base / "work"
-    workdir.mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "occoord", "init", "--spool", str(spool)],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    return spool, workdir
 
 
 class _FirstPrompt(threading.Thread):
@@ -99,7 +88,7 @@ class _FirstPrompt(threading.Thread):
 
 def measure(tasks: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="occoord-bulk-"))
-    spool, workdir = _init_spool(root)
+    spool, workdir = init_spool(root)
     sim = start_simulator()
     watcher = start_watcher(spool, workdir, sim.url, root / "watch.log")
     try:

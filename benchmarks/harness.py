@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -115,6 +116,19 @@ def start_watcher(
 
 
 # -- manifests and the spool -------------------------------------------------------------------
+
+
+def init_spool(base: Path) -> tuple[Path, Path]:
+    """A new spool (``occoord init``) and an empty work directory under ``base``."""
+    spool, workdir = base / "spool", base / "work"
+    workdir.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "occoord", "init", "--spool", str(spool)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return spool, workdir
 
 
 def manifest(name: str, tasks: list[dict[str, Any]], workdir: Path, concurrency: int = 64) -> dict[str, Any]:

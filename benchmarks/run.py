@@ -44,6 +44,7 @@ from benchmarks.harness import (
     Proc,
     cpu_seconds,
     drop,
+    init_spool,
     journal,
     manifest,
     parse_ts,
@@ -117,16 +118,7 @@ class Bench:
     def fresh(self, label: str) -> tuple[Path, Path]:
         """A new spool and work directory."""
         self.counter += 1
-        base = self.root / f"{self.counter:02d}-{label}"
-        spool, workdir = base / "spool", base / "work"
-        workdir.mkdir(parents=True)
-        subprocess.run(
-            [sys.executable, "-m", "occoord", "init", "--spool", str(spool)],
-            check=True,
-            capture_output=True,
-            cwd=REPO,
-        )
-        return spool, workdir
+        return init_spool(self.root / f"{self.counter:02d}-{label}")
 
     # -- figure 4: idle cost ---------------------------------------------------------------------
 
@@ -502,6 +494,20 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _latency_table(title: str, fig: dict[str, Any]) -> str:
+    """occoord against the 1 s poller for one drop figure."""
+    o, b = fig["occoord"], fig["baseline_poll_1s"]
+    return table(
+        title,
+        ["", "n", "p50", "p99", "min", "max"],
+        [
+            ["occoord watch", o["n"], o["p50"], o["p99"], o["min"], o["max"]],
+            ["1 s poll baseline", b["n"], b["p50"], b["p99"], b["min"], b["max"]],
+            ["speedup (baseline/occoord)", "", fig["speedup_p50"], fig["speedup_p99"], "", ""],
+        ],
+    )
+
+
 def report(results: dict[str, Any]) -> str:
     parts: list[str] = []
     m = results["machine"]
@@ -511,31 +517,14 @@ def report(results: dict[str, Any]) -> str:
         f"{m.get('loadavg_end', [math.nan])[0]:.2f} at end\n"
     )
     if d := results.get("drop_dispatch"):
-        o, b = d["occoord"], d["baseline_poll_1s"]
         parts.append(
-            table(
-                "1. drop -> dispatch (rename into incoming/ -> the simulator receives the prompt), ms",
-                ["", "n", "p50", "p99", "min", "max"],
-                [
-                    ["occoord watch", o["n"], o["p50"], o["p99"], o["min"], o["max"]],
-                    ["1 s poll baseline", b["n"], b["p50"], b["p99"], b["min"], b["max"]],
-                    ["speedup (baseline/occoord)", "", d["speedup_p50"], d["speedup_p99"], "", ""],
-                ],
+            _latency_table(
+                "1. drop -> dispatch (rename into incoming/ -> the simulator receives the prompt), ms", d
             )
         )
         if c := d.get("create"):
-            o, b = c["occoord"], c["baseline_poll_1s"]
-            parts.append(
-                table(
-                    "1. drop -> first POST /session (rename into incoming/ -> the session is created), ms",
-                    ["", "n", "p50", "p99", "min", "max"],
-                    [
-                        ["occoord watch", o["n"], o["p50"], o["p99"], o["min"], o["max"]],
-                        ["1 s poll baseline", b["n"], b["p50"], b["p99"], b["min"], b["max"]],
-                        ["speedup (baseline/occoord)", "", c["speedup_p50"], c["speedup_p99"], "", ""],
-                    ],
-                )
-            )
+            title = "1. drop -> first POST /session (rename into incoming/ -> the session is created), ms"
+            parts.append(_latency_table(title, c))
     sizes = results.get("sizes", {})
     if sizes:
         rows = []

@@ -39,6 +39,7 @@ from benchmarks.harness import (
     REPO,
     cpu_seconds,
     drop,
+    init_spool,
     journal,
     manifest,
     run_dir,
@@ -94,14 +95,7 @@ def measure(
     """One run of ``sessions`` streaming sessions at ``rate`` events/s each for ``seconds`` (with
     ``spread``, session i for ``seconds * (1 + i / sessions)``)."""
     root = Path(tempfile.mkdtemp(prefix="occoord-stream-"))
-    spool, workdir = root / "spool", root / "work"
-    workdir.mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "occoord", "init", "--spool", str(spool)],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
+    spool, workdir = init_spool(root)
     sim = start_simulator()
     reader = watcher = None
     try:
