@@ -23,7 +23,7 @@ from occoord.engine.runs import ActiveRun
 from occoord.errors import Locked, SpoolError, TransitionConflict
 from occoord.manifest.model import Manifest
 from occoord.spool.journal import Event, append_event, iso
-from occoord.spool.layout import Spool
+from occoord.spool.layout import Run, Spool
 from occoord.spool.names import format_state
 from occoord.spool.records import TaskRecord
 from occoord.spool.requeue import blocked_reason, requeue_dependents
@@ -68,6 +68,9 @@ class RunBook:
         self.runs: dict[str, ActiveRun] = {}
         self.finished: set[str] = set()  # run ids known finished (summary written)
         self.broken: set[str] = set()  # run ids that could not be loaded
+        # Worktree tasks decided from outside whose on_task_end waits for their result commit
+        # (Settler.settle_worktree runs it): the hook may read results/T.diff and the branch.
+        self.hook_after_result: set[tuple[str, str]] = set()
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -167,6 +170,8 @@ class RunBook:
         if attempt is not None and state is not TaskState.PENDING:
             # An outside writer (usually the agent itself) decided this attempt.
             self.table.drop(attempt)
+            if active.specs[task].worktree and active.run.manifest.hooks.on_task_end:
+                self.hook_after_result.add((run_id, task))
             self.listener.decided_outside(attempt, state)
         self._changed(active, task, old, state)
 
@@ -194,6 +199,7 @@ class RunBook:
     def _changed(self, active: ActiveRun, task: str, old: TaskState | None, new: TaskState) -> None:
         active.set_state(task, new)
         if old is not None and old.terminal and new is TaskState.QUEUED:
+            self.hook_after_result.discard((active.id, task))
             for child in requeue_dependents(active.run, task, Actor.COORDINATOR):
                 active.set_state(child, TaskState.QUEUED)
         if new is TaskState.FAILED:
@@ -240,14 +246,20 @@ class RunBook:
     # -- ends ----------------------------------------------------------------------------------
 
     def _task_ended(self, active: ActiveRun, task: str) -> None:
-        hook = active.run.manifest.hooks.on_task_end
-        if hook:
-            record = active.run.tasks.read(task)
-            if record is not None:
-                facts = task_facts(self.spool.root, active.run.dir, record)
-                self.scheduler.spawn(run_hook(hook, facts, timeout=self.settings.hook_timeout))
+        if (active.id, task) not in self.hook_after_result:
+            self.task_hook(active.run, task)
         if active.finished():
             self.run_finished(active)
+
+    def task_hook(self, run: Run, task: str) -> None:
+        """Start the run's ``on_task_end`` for the task's current record (if it has one)."""
+        self.hook_after_result.discard((run.id, task))
+        hook = run.manifest.hooks.on_task_end
+        if hook:
+            record = run.tasks.read(task)
+            if record is not None:
+                facts = task_facts(self.spool.root, run.dir, record)
+                self.scheduler.spawn(run_hook(hook, facts, timeout=self.settings.hook_timeout))
 
     def run_finished(self, active: ActiveRun) -> None:
         if self.runs.get(active.id) is not active:

@@ -230,6 +230,8 @@ class Settler(Component):
                 member = self.pool.get(str(record.details.get("server") or self.pool.default))
                 client = member.client if member is not None else self.pool.client(self.pool.default)
                 await self.workspaces.settle_record(client, run, spec, state)
+                if (run_id, task) in self.book.hook_after_result:
+                    self.book.task_hook(run, task)  # now that its result is recorded
                 if (run.dir / "summary.json").exists():
                     # The run finished before this result was committed: its summary gets it too.
                     write_summary(run, durable=self.book.spool.durable)

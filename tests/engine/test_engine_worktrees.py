@@ -3,6 +3,8 @@ the agents: a test writes into the session's directory what an agent would)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,5 +221,36 @@ def test_a_retried_attempt_records_its_own_result_not_the_failed_ones(wt_engine:
         assert details["result_commit"] != failed_commit and details["branch"] == f"occoord/{run}/t-2"
         assert git(repo, "show", f"{details['result_commit']}:second.txt") == "attempt 2"
         assert e.state(run, "d") is TaskState.PENDING
+
+    wt_engine.play(scenario)
+
+
+def test_the_task_end_hook_of_a_signalled_worktree_task_runs_once_its_result_is_committed(
+    wt_engine: Engine, repo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "hook.txt"
+    # What the hook saw: its task, and whether the result's diff existed yet.
+    code = (
+        "import os, sys; d = os.environ['OCCOORD_RUN_DIR']; t = os.environ['OCCOORD_TASK']; "
+        "seen = os.path.exists(os.path.join(d, 'results', t + '.diff')); "
+        "open(sys.argv[1], 'a').write(f'{t} {seen}\\n')"
+    )
+    hooks = {"on_task_end": [sys.executable, "-c", code, str(out)]}
+
+    async def scenario(e: Engine) -> None:
+        await e.start()
+        run = await e.submit(
+            manifest(task("a"), defaults={"directory": str(repo), "worktree": True}, hooks=hooks)
+        )
+        agent_writes(e, run, "a", "src/app.py", "print('v2')\n")
+        await e.signal(run, "a", TaskState.DONE, "tests pass")
+        assert not out.exists(), "not before the result commit"
+        await e.events(e.client.end_turn(e.session(run, "a")))
+        for _ in range(200):  # the hook is a real process
+            if out.exists():
+                break
+            await asyncio.sleep(0.01)
+        assert out.read_text() == "a True\n"
+        assert e.record(run, "a").details.get("result_commit")
 
     wt_engine.play(scenario)
