@@ -27,6 +27,7 @@ from support.processes import WaitTimeout, wait_for
 from occoord.spool import tasks as taskfiles
 from occoord.spool.layout import Spool
 from occoord.spool.states import TaskState
+from occoord.spool.status import clear_hold, set_hold
 from occoord.spool.submit import submit
 
 pytestmark = pytest.mark.slow
@@ -197,6 +198,9 @@ def test_outside_writers_racing_the_coordinator_lose_no_signal(
     tasks += [
         {"id": t, "prompt": "[sim: work 0.05] [sim: error APIError fatal]", "retries": 0} for t in requeued
     ]
+    # Held until every writer watches: the run's first 20 turns end within ~0.2 s of dispatch,
+    # sooner than the writers could start after the run appears.
+    set_hold(Spool(spool_dir), "the writers get ready")
     drop(spool_dir, "race.json", manifest(*tasks, concurrency=20, name="race"))
     run_dir = the_run(spool_dir)
     hows = ["mv", "flock", "touch"]
@@ -209,6 +213,7 @@ def test_outside_writers_racing_the_coordinator_lose_no_signal(
     try:
         for t in threads:
             t.start()
+        clear_hold(Spool(spool_dir))
         for t in threads:
             t.join(90)
 
