@@ -41,6 +41,9 @@ from benchmarks.harness import (
     wait_for,
     wait_prompt,
 )
+from benchmarks.harness import (
+    chain as hanging_chain,
+)
 
 __all__ = ["measure", "targets"]
 
@@ -101,13 +104,7 @@ def measure(tasks: int) -> dict[str, Any]:
 
 
 def _measure(sim: Any, watcher: Any, spool: Path, workdir: Path, tasks: int) -> dict[str, Any]:
-    chain = [f"c{i:04d}" for i in range(CHAIN)]
-    links: list[dict[str, Any]] = []
-    for i, name in enumerate(chain):
-        task: dict[str, Any] = {"id": name, "prompt": "[sim: hang] link"}
-        if i:
-            task["depends_on"] = [chain[i - 1]]
-        links.append(task)
+    chain, links = hanging_chain(CHAIN)
     start = len(sim.received)
     drop(spool, "chain.json", manifest("chain", links, workdir))
     _, start = wait_prompt(sim, start, f"-chain/{chain[0]}#", timeout=120)

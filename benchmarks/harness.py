@@ -131,6 +131,18 @@ def init_spool(base: Path) -> tuple[Path, Path]:
     return spool, workdir
 
 
+def chain(n: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """A chain c0000 -> c0001 -> ... of ``n`` hanging tasks: its ids, and its tasks."""
+    ids = [f"c{i:04d}" for i in range(n)]
+    tasks: list[dict[str, Any]] = []
+    for i, name in enumerate(ids):
+        task: dict[str, Any] = {"id": name, "prompt": "[sim: hang] link"}
+        if i:
+            task["depends_on"] = [ids[i - 1]]
+        tasks.append(task)
+    return ids, tasks
+
+
 def manifest(name: str, tasks: list[dict[str, Any]], workdir: Path, concurrency: int = 64) -> dict[str, Any]:
     return {
         "version": 1,

@@ -56,6 +56,9 @@ from benchmarks.harness import (
     wait_for,
     wait_prompt,
 )
+from benchmarks.harness import (
+    chain as hanging_chain,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 CONCURRENCY = 64
@@ -314,13 +317,7 @@ class Bench:
         """A chain c0 -> c1 -> ... of hanging tasks plus fillers blocked behind it, ``size`` tasks in
         all; each repetition renames the current link to done and times the next link's prompt."""
         links = min(self.args.signal_reps, size - 1) + 1
-        chain = [f"c{i:04d}" for i in range(links)]
-        tasks: list[dict[str, Any]] = []
-        for i, name in enumerate(chain):
-            task: dict[str, Any] = {"id": name, "prompt": "[sim: hang] link"}
-            if i:
-                task["depends_on"] = [chain[i - 1]]
-            tasks.append(task)
+        chain, tasks = hanging_chain(links)
         tasks += [
             {"id": f"f{i:05d}", "prompt": "[sim: work 0] filler", "depends_on": [chain[-1]]}
             for i in range(size - links)

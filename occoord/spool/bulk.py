@@ -28,7 +28,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 
 from occoord.fsutil import append_line, fsync_dir, sync_all, write_new
-from occoord.spool.journal import EVENTS_FILE, Event, iso
+from occoord.spool.journal import EVENTS_FILE, Event, event_line, iso
 from occoord.spool.echoes import ECHOES
 from occoord.spool.names import format_claim, format_state
 from occoord.spool.records import TaskRecord
@@ -72,7 +72,7 @@ def encode_record(record: TaskRecord) -> bytes:
 
 def event_lines(events: Iterable[Event]) -> bytes:
     """Journal lines, exactly as :func:`journal.append_event` writes them one at a time."""
-    return "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in events).encode("utf-8")
+    return "".join(event_line(e) for e in events).encode("utf-8")
 
 
 def fail_queued_batch(

@@ -16,7 +16,7 @@ from typing import Any
 
 from occoord.fsutil import append_line
 
-__all__ = ["Event", "append_event", "iso", "last_states", "read_events", "repair_tail"]
+__all__ = ["Event", "append_event", "event_line", "iso", "last_states", "read_events", "repair_tail"]
 
 EVENTS_FILE = "events.jsonl"
 
@@ -68,10 +68,14 @@ class Event:
         )
 
 
-def append_event(run_dir: Path, event: Event, *, durable: bool = True) -> None:
+def event_line(event: Event) -> str:
+    """One journal line, newline included."""
     # ensure_ascii: file names may hold undecodable bytes (surrogates), which UTF-8 cannot encode.
-    line = json.dumps(event.to_json(), separators=(",", ":")) + "\n"
-    append_line(run_dir / EVENTS_FILE, line.encode("utf-8"), durable=durable)
+    return json.dumps(event.to_json(), separators=(",", ":")) + "\n"
+
+
+def append_event(run_dir: Path, event: Event, *, durable: bool = True) -> None:
+    append_line(run_dir / EVENTS_FILE, event_line(event).encode("utf-8"), durable=durable)
 
 
 def repair_tail(run_dir: Path) -> bool:
